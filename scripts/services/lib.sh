@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# Shared helpers for scripts/services/*.sh. Source it; do not run it.
+#
+# Layout:
+#   runtime state : ${RMMWATCH_SERVICES_DIR:-<repo>/.services}
+#                   <name>.pid  <name>.ports  <name>.env  <name>.out  <name>.lock  ...
+#   caches        : ${RMMWATCH_CACHE:-$HOME/.cache/rmmwatch}
+# Everything binds to 127.0.0.1 only.
+# shellcheck shell=bash
+
+SERVICES_SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SERVICES_SCRIPT_DIR/../.." && pwd)"
+
+_abs() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+
+SERVICES_DIR="$(_abs "${RMMWATCH_SERVICES_DIR:-$REPO_ROOT/.services}")"
+CACHE_DIR="$(_abs "${RMMWATCH_CACHE:-$HOME/.cache/rmmwatch}")"
+BIND_HOST=127.0.0.1
+
+# ---------------------------------------------------------------- logging
+
+_svc_name="${SVC_NAME:-services}"
+
+log() { printf '%s [%s] %s\n' "$(date +%H:%M:%S)" "$_svc_name" "$*" >&2; }
+die() { printf '%s [%s] ERROR: %s\n' "$(date +%H:%M:%S)" "$_svc_name" "$*" >&2; exit 1; }
+
+# Print the last lines of a log file to stderr (for failure reports).
+show_log_tail() {
+  local file=$1 n=${2:-40}
+  if [[ -s "$file" ]]; then
+    printf -- '----- last %s lines of %s -----\n' "$n" "$file" >&2
+    tail -n "$n" "$file" >&2 || true
+    printf -- '-----\n' >&2
+  fi
+}
+
+ensure_dirs() { mkdir -p "$SERVICES_DIR" "$CACHE_DIR"; }
+
+# Hold an exclusive lock on <services dir>/<name>.lock for the rest of the
+# script (fd 8 for service state; fd 7 for cache installs).
+lock_service() {
+  local name=$1 timeout=${2:-300}
+  command -v flock >/dev/null 2>&1 || return 0
+  exec 8>"$SERVICES_DIR/$name.lock"
+  flock -w "$timeout" 8 || die "timed out after ${timeout}s waiting for $SERVICES_DIR/$name.lock"
+}
+lock_cache() {
+  local name=$1 timeout=${2:-900}
+  command -v flock >/dev/null 2>&1 || return 0
+  exec 7>"$CACHE_DIR/.$name.lock"
+  flock -w "$timeout" 7 || die "timed out after ${timeout}s waiting for $CACHE_DIR/.$name.lock"
+}
+
+# ---------------------------------------------------------------- ports
+
+# port_in_use PORT: true if something accepts TCP connections on 127.0.0.1:PORT.
+port_in_use() {
+  (exec 3<>"/dev/tcp/$BIND_HOST/$1") 2>/dev/null
+}
+
+# pick_free_ports N: print N distinct ports that can be bound on 127.0.0.1,
+# chosen below the kernel's ephemeral range (so a client's outgoing connection
+# cannot grab them while the service is stopped during a restart) and not
+# claimed by any other <services dir>/*.ports file.
+pick_free_ports() {
+  local n=$1 claimed
+  claimed="$(cat "$SERVICES_DIR"/*.ports 2>/dev/null | sed -n 's/^[A-Z_]*=\([0-9][0-9]*\)$/\1/p' | tr '\n' ' ')"
+  python3 - "$n" "$BIND_HOST" "$claimed" <<'PY'
+import random, socket, sys
+n, host, claimed = int(sys.argv[1]), sys.argv[2], {int(p) for p in sys.argv[3].split()}
+try:
+    lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except OSError:
+    lo = 32768
+top = lo - 1 if lo > 12000 else 65535
+bottom = 10000 if lo > 12000 else lo
+held, out = [], []
+for _ in range(5000):
+    if len(out) == n:
+        break
+    p = random.randint(bottom, top)
+    if p in claimed or p in out:
+        continue
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((host, p))
+        s.listen(1)
+    except OSError:
+        s.close()
+        continue
+    held.append(s)
+    out.append(p)
+for s in held:
+    s.close()
+if len(out) != n:
+    sys.exit("could not find %d free ports" % n)
+print("\n".join(map(str, out)))
+PY
+}
+
+# load_ports NAME KEY1 KEY2 ...: sets shell variables PORT_<KEY> from
+# <services dir>/NAME.ports, picking free ports (and saving them) the first
+# time. Ports are kept for the life of the services dir (restart keeps them).
+load_ports() {
+  local name=$1; shift
+  local file="$SERVICES_DIR/$name.ports" key val missing=() picked
+  for key in "$@"; do
+    val=""
+    [[ -f "$file" ]] && val="$(sed -n "s/^$key=\\([0-9][0-9]*\\)\$/\\1/p" "$file" | tail -1)"
+    if [[ -n "$val" ]]; then
+      printf -v "PORT_$key" '%s' "$val"
+    else
+      missing+=("$key")
+    fi
+  done
+  if ((${#missing[@]})); then
+    picked="$(pick_free_ports "${#missing[@]}")" || die "could not pick free ports on $BIND_HOST"
+    local i=0 p
+    for p in $picked; do
+      key="${missing[$i]}"
+      printf -v "PORT_$key" '%s' "$p"
+      printf '%s=%s\n' "$key" "$p" >>"$file"
+      i=$((i + 1))
+    done
+  fi
+}
+
+# check_port_free PORT WHAT: fail clearly if another process holds the port.
+check_port_free() {
+  if port_in_use "$1"; then
+    die "port $BIND_HOST:$1 ($2) is already in use by another process; stop it, or remove $SERVICES_DIR to pick new ports"
+  fi
+}
+
+# wait_for_port PORT TIMEOUT_S PIDFILE MARKER LOGFILE: wait until 127.0.0.1:PORT
+# accepts connections; fail early if the process dies.
+wait_for_port() {
+  local port=$1 timeout=$2 pidfile=$3 marker=$4 logfile=$5
+  local deadline=$((SECONDS + timeout))
+  while ! port_in_use "$port"; do
+    if ! pid_alive "$pidfile" "$marker"; then
+      show_log_tail "$logfile"
+      die "process exited before $BIND_HOST:$port accepted connections (see $logfile)"
+    fi
+    if ((SECONDS >= deadline)); then
+      show_log_tail "$logfile"
+      die "timed out after ${timeout}s waiting for $BIND_HOST:$port (see $logfile)"
+    fi
+    sleep 0.2
+  done
+}
+
+# ---------------------------------------------------------------- processes
+
+# read_pid PIDFILE: print the pid stored in PIDFILE (empty if none).
+read_pid() { [[ -f "$1" ]] && tr -dc '0-9' <"$1" || true; }
+
+# pid_alive PIDFILE MARKER: true if the pid in PIDFILE is running and its
+# command line contains MARKER (guards against pid reuse).
+pid_alive() {
+  local pid
+  pid="$(read_pid "$1")"
+  [[ -n "$pid" ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  [[ -r "/proc/$pid/cmdline" ]] || return 0
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$2"
+}
+
+# spawn PIDFILE OUTFILE CMD...: start CMD detached (own session, stdin from
+# /dev/null, stdout+stderr appended to OUTFILE) and record its pid.
+spawn() {
+  local pidfile=$1 outfile=$2; shift 2
+  # In a non-interactive shell a background job is not a process-group
+  # leader, so setsid(1) calls setsid() and execs CMD in place: $! is CMD's pid.
+  setsid "$@" </dev/null >>"$outfile" 2>&1 &
+  printf '%s\n' "$!" >"$pidfile"
+}
+
+# stop_pid NAME PIDFILE MARKER TIMEOUT_S: SIGTERM, wait, then SIGKILL.
+stop_pid() {
+  local name=$1 pidfile=$2 marker=$3 timeout=$4 pid
+  if ! pid_alive "$pidfile" "$marker"; then
+    rm -f "$pidfile"
+    log "$name is not running"
+    return 0
+  fi
+  pid="$(read_pid "$pidfile")"
+  log "stopping $name (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + timeout))
+  while kill -0 "$pid" 2>/dev/null; do
+    if ((SECONDS >= deadline)); then
+      log "$name did not exit within ${timeout}s after SIGTERM; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      local kdeadline=$((SECONDS + 10))
+      while kill -0 "$pid" 2>/dev/null; do
+        ((SECONDS < kdeadline)) || die "$name (pid $pid) survived SIGKILL"
+        sleep 0.2
+      done
+      break
+    fi
+    sleep 0.2
+  done
+  rm -f "$pidfile"
+  log "$name stopped"
+}
+
+# ---------------------------------------------------------------- env files
+
+# write_env NAME VAR=VALUE...: write <services dir>/NAME.env as
+# "export VAR='VALUE'" lines (single-quoted, so '$' and ';' are literal).
+write_env() {
+  local name=$1; shift
+  local tmp="$SERVICES_DIR/.$name.env.tmp" kv
+  : >"$tmp"
+  for kv in "$@"; do
+    case "${kv#*=}" in *"'"*) die "env value for ${kv%%=*} contains a single quote" ;; esac
+    printf "export %s='%s'\n" "${kv%%=*}" "${kv#*=}" >>"$tmp"
+  done
+  mv -f "$tmp" "$SERVICES_DIR/$name.env"
+}
+
+print_env() { cat "$SERVICES_DIR/$1.env"; }
+
+usage_exit() {
+  printf 'usage: %s start|stop|restart|status\n' "$1" >&2
+  exit 2
+}

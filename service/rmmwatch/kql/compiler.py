@@ -1,0 +1,904 @@
+"""Compile a parsed query into what the streaming path runs per event.
+
+A hunting query becomes four things:
+
+* a **time window** relative to ``now()`` (from the top-level conditions on ``Timestamp``
+  that use ``now()``/``ago()``), which the store applies as time passes;
+* a **predicate**: every other ``where`` condition, a closure over one decoded event;
+* a **group key** and per-event **contributions** to the ``summarize`` aggregates;
+* the **required strings** of the predicate: texts of which at least one must occur in
+  a record for the predicate to be true, the input of the byte prefilter.
+
+Predicates use KQL's three-valued logic: closures return ``True``, ``False`` or ``None``
+(null), and ``where`` keeps a row only on ``True``. String comparisons are total (strings
+are never null in KQL); ordering comparisons with a null operand are null.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from rmmwatch.kql import strings
+from rmmwatch.kql.datetimes import format_datetime, timespan_literal
+from rmmwatch.kql.errors import KqlError
+from rmmwatch.kql.parser import COMPARISON_OPERATORS, STRING_OPERATORS, parse
+from rmmwatch.kql.schema import TABLES, KqlType
+from rmmwatch.kql.syntax import (
+    Aggregate,
+    ArrayLiteral,
+    Between,
+    Binary,
+    Call,
+    Expr,
+    Extend,
+    ListOp,
+    Literal,
+    Name,
+    Negate,
+    Pos,
+    Query,
+    Summarize,
+    Where,
+    unparse,
+)
+
+Event = Mapping[str, Any]
+Predicate = Callable[[Event], bool | None]
+
+#: make_set's default and maximum size (learn.microsoft.com/kusto/query/make-set-aggregation-function).
+MAKE_SET_MAX = 1_048_576
+
+_NUMERIC = frozenset({"long", "real"})
+_ORDERED = frozenset({"long", "real", "datetime", "timespan"})
+_TEXT = frozenset({"string", "dynamic"})
+
+
+def _error(message: str, pos: Pos) -> KqlError:
+    return KqlError(message, pos.line, pos.column)
+
+
+# -- compiled values ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Const:
+    """A value known at compile time. ``type == "now"`` is ``now() + value`` (ticks)."""
+
+    type: str
+    value: Any
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A reference to an event column."""
+
+    name: str
+    type: KqlType
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A compiled boolean: its closure and the strings one of which it requires."""
+
+    evaluate: Predicate
+    required: frozenset[str] | None
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class ConstList:
+    """A list of constants (``dynamic([...])``, ``pack_array``, a let-bound array)."""
+
+    items: tuple[Const, ...]
+    pos: Pos
+
+
+Value = Const | Column | Condition | ConstList
+
+
+# -- the result --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """Inclusive bounds on ``Timestamp`` relative to now: ``now+low <= Timestamp <= now+high``.
+
+    ``None`` means unbounded on that side. Exclusive KQL bounds are made inclusive by one
+    tick (KQL datetimes are integer ticks), so every edge is exact.
+    """
+
+    low: int | None
+    high: int | None
+
+    def contains(self, ticks: int, now: int) -> bool:
+        """Whether an event at ``ticks`` counts when the query runs at ``now``."""
+        return (self.low is None or ticks >= now + self.low) and (self.high is None or ticks <= now + self.high)
+
+    def active_from(self, ticks: int) -> int | None:
+        """The first ``now`` at which an event at ``ticks`` counts (None: always has)."""
+        return None if self.high is None else ticks - self.high
+
+    def active_until(self, ticks: int) -> int | None:
+        """The last ``now`` at which an event at ``ticks`` counts (None: forever)."""
+        return None if self.low is None else ticks - self.low
+
+    def describe(self) -> str:
+        low = "-inf" if self.low is None else f"now(){_signed(self.low)}"
+        high = "+inf" if self.high is None else f"now(){_signed(self.high)}"
+        return f"Timestamp between ({low} .. {high}), inclusive"
+
+
+def _signed(ticks: int) -> str:
+    if ticks == 0:
+        return ""
+    return f"+{timespan_literal(ticks)}" if ticks > 0 else f"-{timespan_literal(-ticks)}"
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateSpec:
+    """One output column of ``summarize``."""
+
+    name: str
+    func: str  # count, countif, min, max, make_set, dcount
+    column: str | None
+    column_type: KqlType | None
+    predicate: Predicate | None = None
+    size: int = MAKE_SET_MAX
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledQuery:
+    """A hunting query ready to run per event."""
+
+    text: str
+    table: str
+    category: str
+    schema: Mapping[str, KqlType]
+    columns: frozenset[str]
+    window: TimeWindow
+    conditions: tuple[Condition, ...]
+    condition_texts: tuple[str, ...]
+    required: frozenset[str] | None
+    group_by: tuple[str, ...]
+    group_by_types: tuple[KqlType, ...]
+    constants: Mapping[str, Any]
+    aggregates: tuple[AggregateSpec, ...]
+    _evaluate: Predicate = field(repr=False, compare=False)
+
+    def matches(self, event: Event) -> bool:
+        """Whether the ``where`` conditions (not the time window) keep this event."""
+        return self._evaluate(event) is True
+
+    def group_key(self, event: Event) -> tuple[Any, ...]:
+        """The ``by`` values of an event (constants from ``extend`` included)."""
+        constants = self.constants
+        return tuple(constants[c] if c in constants else event.get(c) for c in self.group_by)
+
+    def contribution(self, event: Event) -> tuple[Any, ...]:
+        """What this event brings to each aggregate (a column value, a countif flag, or None)."""
+        out: list[Any] = []
+        constants = self.constants
+        for spec in self.aggregates:
+            if spec.func == "count":
+                out.append(None)
+            elif spec.func == "countif":
+                assert spec.predicate is not None
+                out.append(spec.predicate(event) is True)
+            else:
+                assert spec.column is not None
+                out.append(constants[spec.column] if spec.column in constants else event.get(spec.column))
+        return tuple(out)
+
+    def output_columns(self) -> tuple[str, ...]:
+        return self.group_by + tuple(a.name for a in self.aggregates)
+
+
+# -- the compiler ------------------------------------------------------------------------
+
+
+class _Scope:
+    def __init__(self, schema: Mapping[str, KqlType]) -> None:
+        self.schema = schema
+        self.lets: dict[str, Const | ConstList] = {}
+        self.constants: dict[str, Const] = {}
+        self.used: set[str] = set()
+
+    def resolve(self, name: Name) -> Value:
+        if name.name in self.lets:
+            return self.lets[name.name]
+        if name.name in self.constants:
+            return self.constants[name.name]
+        if name.name in self.schema:
+            self.used.add(name.name)
+            return Column(name.name, self.schema[name.name], name.pos)
+        if name.name in ("now", "ago"):
+            raise _error(f"{name.name} is a function: write {name.name}()", name.pos)
+        known = list(self.schema) + list(self.lets) + list(self.constants)
+        hint = difflib.get_close_matches(name.name, known, n=1)
+        suffix = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise _error(f"unknown column or name {name.name!r}{suffix}", name.pos)
+
+
+class _Compiler:
+    def __init__(self, scope: _Scope) -> None:
+        self.scope = scope
+
+    # -- constants -----------------------------------------------------------------------
+    def constant(self, expr: Expr, context: str) -> Const | ConstList:
+        value = self.value(expr)
+        if isinstance(value, Column):
+            raise _error(f"{context} must be a constant, not the column {value.name!r}", value.pos)
+        if isinstance(value, Condition):
+            raise _error(f"{context} must be a constant, not a condition", value.pos)
+        return value
+
+    def value(self, expr: Expr) -> Value:
+        if isinstance(expr, Literal):
+            return Const(expr.type, expr.value, expr.pos)
+        if isinstance(expr, Name):
+            return self.scope.resolve(expr)
+        if isinstance(expr, ArrayLiteral):
+            items: list[Const] = []
+            for item in expr.items:
+                value = self.value(item)
+                if not isinstance(value, Const):
+                    raise _error("array items must be constants", item.pos)
+                items.append(value)
+            return ConstList(tuple(items), expr.pos)
+        if isinstance(expr, Negate):
+            inner = self.value(expr.expr)
+            if isinstance(inner, Const) and inner.type in ("long", "real", "timespan"):
+                return Const(inner.type, -inner.value, expr.pos)
+            raise _error("unary minus applies to a numeric or timespan constant only", expr.pos)
+        if isinstance(expr, Call):
+            return self.call(expr)
+        if isinstance(expr, Binary):
+            if expr.op in ("+", "-"):
+                return self.arithmetic(expr)
+            return self.condition(expr)
+        return self.condition(expr)
+
+    def arithmetic(self, expr: Binary) -> Const:
+        left = self.value(expr.left)
+        right = self.value(expr.right)
+        if not (isinstance(left, Const) and isinstance(right, Const)):
+            raise _error(
+                f"arithmetic '{expr.op}' is supported on constants only (e.g. now() - 5d)", expr.pos
+            )
+        sign = 1 if expr.op == "+" else -1
+        if left.type in ("datetime", "now") and right.type == "timespan":
+            return Const(left.type, left.value + sign * right.value, expr.pos)
+        if left.type == "timespan" and right.type in ("datetime", "now") and sign == 1:
+            return Const(right.type, right.value + left.value, expr.pos)
+        if left.type == right.type and left.type in ("timespan", "long", "real"):
+            return Const(left.type, left.value + sign * right.value, expr.pos)
+        if left.type in _NUMERIC and right.type in _NUMERIC:
+            return Const("real", left.value + sign * right.value, expr.pos)
+        raise _error(f"cannot apply '{expr.op}' to {left.type} and {right.type}", expr.pos)
+
+    def call(self, expr: Call) -> Value:
+        name, args = expr.name, expr.args
+        if name == "now":
+            if not args:
+                return Const("now", 0, expr.pos)
+            offset = self.constant(args[0], "the argument of now()")
+            if len(args) != 1 or not isinstance(offset, Const) or offset.type != "timespan":
+                raise _error("now() takes one optional timespan argument, e.g. now(-5d)", expr.pos)
+            return Const("now", offset.value, expr.pos)
+        if name == "ago":
+            offset = self.constant(args[0], "the argument of ago()") if len(args) == 1 else None
+            if not isinstance(offset, Const) or offset.type != "timespan":
+                raise _error("ago() takes one timespan argument, e.g. ago(5d)", expr.pos)
+            return Const("now", -offset.value, expr.pos)
+        if name in ("isempty", "isnotempty", "isnull", "isnotnull"):
+            return self.emptiness(expr)
+        if name == "not":
+            if len(args) != 1:
+                raise _error("not() takes one argument", expr.pos)
+            inner = self.as_condition(self.value(args[0]), "the argument of not()")
+            evaluate = inner.evaluate
+
+            def negate(event: Event) -> bool | None:
+                result = evaluate(event)
+                return None if result is None else not result
+
+            return Condition(negate, None, expr.pos)
+        if name in ("tolower", "toupper", "strlen", "tostring", "trim", "split", "extract", "strcat"):
+            raise _error(f"unsupported function {name!r}: rmmwatch compares columns directly", expr.pos)
+        raise _error(f"unsupported function {name!r}", expr.pos)
+
+    def emptiness(self, expr: Call) -> Condition:
+        if len(expr.args) != 1:
+            raise _error(f"{expr.name}() takes one argument", expr.pos)
+        column = self.value(expr.args[0])
+        if not isinstance(column, Column):
+            raise _error(f"{expr.name}() applies to a column", expr.pos)
+        name = column.name
+        text = column.type in _TEXT
+        if expr.name in ("isempty", "isnull"):
+            if text and expr.name == "isnull":
+                return Condition(lambda e: False, frozenset(), expr.pos)  # strings are never null
+
+            def empty(event: Event) -> bool:
+                value = event.get(name)
+                return value is None or (text and value == "")
+
+            return Condition(empty, None, expr.pos)
+        if text and expr.name == "isnotnull":
+            return Condition(lambda e: True, None, expr.pos)
+
+        def not_empty(event: Event) -> bool:
+            value = event.get(name)
+            return value is not None and not (text and value == "")
+
+        return Condition(not_empty, None, expr.pos)
+
+    # -- conditions ----------------------------------------------------------------------
+    def as_condition(self, value: Value, context: str) -> Condition:
+        if isinstance(value, Condition):
+            return value
+        if isinstance(value, Const) and value.type == "bool":
+            flag = bool(value.value)
+            return Condition(lambda e: flag, None if flag else frozenset(), value.pos)
+        if isinstance(value, Column) and value.type == "bool":
+            name = value.name
+            return Condition(lambda e: e.get(name), None, value.pos)
+        raise _error(f"{context} must be a boolean condition", value.pos)
+
+    def condition(self, expr: Expr) -> Condition:
+        if isinstance(expr, Binary):
+            if expr.op in ("and", "or"):
+                return self.logical(expr)
+            if expr.op in STRING_OPERATORS:
+                return self.string_operator(expr)
+            if expr.op in COMPARISON_OPERATORS:
+                return self.comparison(expr)
+            raise _error(f"unsupported operator {expr.op!r}", expr.pos)
+        if isinstance(expr, Between):
+            return self.between(expr)
+        if isinstance(expr, ListOp):
+            return self.list_operator(expr)
+        return self.as_condition(self.value(expr), "this expression")
+
+    def logical(self, expr: Binary) -> Condition:
+        left = self.as_condition(self.value(expr.left), f"the left side of '{expr.op}'")
+        right = self.as_condition(self.value(expr.right), f"the right side of '{expr.op}'")
+        lf, rf = left.evaluate, right.evaluate
+        if expr.op == "and":
+
+            def both(event: Event) -> bool | None:
+                a = lf(event)
+                if a is False:
+                    return False
+                b = rf(event)
+                if b is False:
+                    return False
+                return None if a is None or b is None else True
+
+            return Condition(both, _required_and(left.required, right.required), expr.pos)
+
+        def either(event: Event) -> bool | None:
+            a = lf(event)
+            if a is True:
+                return True
+            b = rf(event)
+            if b is True:
+                return True
+            return None if a is None or b is None else False
+
+        return Condition(either, _required_or(left.required, right.required), expr.pos)
+
+    def string_operator(self, expr: Binary) -> Condition:
+        op = expr.op
+        left = self.value(expr.left)
+        right = self.value(expr.right)
+        if not isinstance(left, Column):
+            raise _error(f"the left side of {op!r} must be a column", expr.pos)
+        if left.type not in _TEXT:
+            raise _error(f"{op!r} needs a string column; {left.name!r} is {left.type}", expr.pos)
+        if not isinstance(right, Const) or right.type != "string":
+            raise _error(f"the right side of {op!r} must be a string constant", expr.pos)
+        name = left.name
+        needle: str = right.value
+        negated = op.startswith("!")
+        base = op.lstrip("!")
+        test = _string_test(base, needle)
+
+        if negated:
+
+            def evaluate(event: Event) -> bool:
+                return not test(event.get(name) or "")
+
+            return Condition(evaluate, None, expr.pos)
+
+        def positive(event: Event) -> bool:
+            return test(event.get(name) or "")
+
+        return Condition(positive, frozenset({needle}) if needle else None, expr.pos)
+
+    def comparison(self, expr: Binary) -> Condition:
+        op = expr.op
+        left = self.value(expr.left)
+        right = self.value(expr.right)
+        if isinstance(left, Const) and isinstance(right, Column):
+            left, right = right, left
+            op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(op, op)
+        if not isinstance(left, Column):
+            raise _error(f"comparison {op!r} needs a column on one side", expr.pos)
+        name = left.name
+        if isinstance(right, Column):
+            raise _error("comparing two columns is not supported", expr.pos)
+        if not isinstance(right, Const):
+            raise _error(f"the right side of {op!r} must be a constant", expr.pos)
+        if right.type == "now":
+            raise _error(
+                "now()/ago() may only bound Timestamp in a top-level where condition "
+                "(e.g. Timestamp between (ago(5d) .. now()))",
+                right.pos,
+            )
+        _check_comparable(left, right, op, expr.pos)
+        target = right.value
+        if left.type in _TEXT:
+            if op not in ("==", "!="):
+                raise _error(f"ordering comparison {op!r} on string column {name!r} is not supported", expr.pos)
+            if op == "==":
+                return Condition(
+                    lambda e: (e.get(name) or "") == target,
+                    frozenset({target}) if target else None,
+                    expr.pos,
+                )
+            return Condition(lambda e: (e.get(name) or "") != target, None, expr.pos)
+        if target is None:
+            # Comparing with a null literal: KQL yields null for every row.
+            return Condition(lambda e: None, frozenset(), expr.pos)
+        return Condition(_ordered_test(name, op, target), None, expr.pos)
+
+    def between(self, expr: Between) -> Condition:
+        column = self.value(expr.expr)
+        if not isinstance(column, Column) or column.type not in _ORDERED:
+            raise _error("between applies to a numeric or datetime column", expr.pos)
+        low = self.constant(expr.low, "the low bound of between")
+        high = self.constant(expr.high, "the high bound of between")
+        if not isinstance(low, Const) or not isinstance(high, Const):
+            raise _error("between bounds must be scalar constants", expr.pos)
+        if "now" in (low.type, high.type):
+            raise _error(
+                "now()/ago() may only bound Timestamp in a top-level where condition", expr.pos
+            )
+        if column.type == "datetime" and high.type == "timespan" and low.type == "datetime":
+            high = Const("datetime", low.value + high.value, high.pos)
+        _check_comparable(column, low, "between", expr.pos)
+        _check_comparable(column, high, "between", expr.pos)
+        name, lo, hi, negated = column.name, low.value, high.value, expr.negated
+
+        def evaluate(event: Event) -> bool | None:
+            value = event.get(name)
+            if value is None:
+                return None
+            inside = lo <= value <= hi
+            return not inside if negated else inside
+
+        return Condition(evaluate, None, expr.pos)
+
+    def list_operator(self, expr: ListOp) -> Condition:
+        column = self.value(expr.expr)
+        if not isinstance(column, Column):
+            raise _error(f"the left side of {expr.op!r} must be a column", expr.pos)
+        items: list[Const] = []
+        for item in expr.items:
+            value = self.constant(item, f"items of {expr.op!r}")
+            items.extend(value.items if isinstance(value, ConstList) else (value,))
+        for item in items:
+            _check_comparable(column, item, expr.op, item.pos)
+        name, op = column.name, expr.op
+        text = column.type in _TEXT
+        values = [i.value for i in items]
+        if op in ("has_any", "has_all"):
+            if not text or any(i.type != "string" for i in items):
+                raise _error(f"{op!r} needs a string column and string items", expr.pos)
+            needles = [strings.TermNeedle(v, case_sensitive=False) for v in values]
+            quantifier = any if op == "has_any" else all
+
+            def has_list(event: Event) -> bool:
+                value = event.get(name) or ""
+                return quantifier(n.found_in(value) for n in needles)
+
+            if op == "has_any":
+                required = frozenset(values) if values and all(values) else None
+                if not values:
+                    required = frozenset()
+            else:
+                nonempty = [v for v in values if v]
+                required = frozenset({max(nonempty, key=len)}) if nonempty else None
+            return Condition(has_list, required, expr.pos)
+        negated = op.startswith("!")
+        folded = op.endswith("~")
+        if folded:
+            if not text:
+                raise _error(f"{op!r} needs a string column", expr.pos)
+            members = frozenset(strings.fold(v) for v in values)
+
+            def member(event: Event) -> bool:
+                return strings.fold(event.get(name) or "") in members
+
+        elif text:
+            members = frozenset(values)
+
+            def member(event: Event) -> bool:
+                return (event.get(name) or "") in members
+
+        else:
+            members = frozenset(v for v in values if v is not None)
+
+            def member(event: Event) -> bool:
+                value = event.get(name)
+                return value is not None and value in members
+
+        if negated:
+            return Condition(lambda e: not member(e), None, expr.pos)
+        required = frozenset(values) if text and values and all(values) else None
+        if not values:
+            required = frozenset()
+        return Condition(member, required, expr.pos)
+
+
+def _string_test(op: str, needle: str) -> Callable[[str], bool]:
+    if op in ("has", "has_cs"):
+        return strings.TermNeedle(needle, case_sensitive=op == "has_cs").found_in
+    if op == "contains":
+        folded = strings.fold(needle)
+        return lambda s: folded in strings.fold(s)
+    if op == "contains_cs":
+        return lambda s: needle in s
+    if op == "startswith":
+        folded = strings.fold(needle)
+        return lambda s: strings.fold(s).startswith(folded)
+    if op == "startswith_cs":
+        return lambda s: s.startswith(needle)
+    if op == "endswith":
+        folded = strings.fold(needle)
+        return lambda s: strings.fold(s).endswith(folded)
+    if op == "endswith_cs":
+        return lambda s: s.endswith(needle)
+    if op == "=~":
+        folded = strings.fold(needle)
+        return lambda s: strings.fold(s) == folded
+    raise AssertionError(op)
+
+
+def _ordered_test(name: str, op: str, target: Any) -> Predicate:
+    def evaluate(event: Event) -> bool | None:
+        value = event.get(name)
+        if op == "==":
+            return value is not None and value == target
+        if op == "!=":
+            return value is None or value != target
+        if value is None:
+            return None
+        if op == "<":
+            return bool(value < target)
+        if op == "<=":
+            return bool(value <= target)
+        if op == ">":
+            return bool(value > target)
+        return bool(value >= target)
+
+    return evaluate
+
+
+def _check_comparable(column: Column, const: Const, op: str, pos: Pos) -> None:
+    kinds = {
+        "string": {"string"},
+        "dynamic": {"string"},
+        "long": {"long", "real"},
+        "real": {"long", "real"},
+        "datetime": {"datetime"},
+        "timespan": {"timespan"},
+        "bool": {"bool"},
+    }
+    if const.type == "null" or const.value is None:
+        return
+    if const.type not in kinds[column.type]:
+        raise _error(f"cannot compare {column.type} column {column.name!r} with a {const.type} using {op!r}", pos)
+
+
+def _required_and(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
+    """Both sides must hold: either side's requirement is sound; keep the more selective."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if not a or not b:
+        return frozenset()
+    return a if min(map(len, a)) >= min(map(len, b)) else b
+
+
+def _required_or(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
+    """One side must hold: only the union of two requirements is sound."""
+    if a is None or b is None:
+        return None
+    return a | b
+
+
+# -- the entry points ------------------------------------------------------------------
+
+
+def _conjuncts(expr: Expr) -> Iterable[Expr]:
+    if isinstance(expr, Binary) and expr.op == "and":
+        yield from _conjuncts(expr.left)
+        yield from _conjuncts(expr.right)
+    else:
+        yield expr
+
+
+def _uses_now(value: Const | ConstList) -> bool:
+    return isinstance(value, Const) and value.type == "now"
+
+
+class _WindowBuilder:
+    """Collects top-level ``Timestamp`` conditions that use now() into a TimeWindow."""
+
+    def __init__(self) -> None:
+        self.low: int | None = None
+        self.high: int | None = None
+
+    def bound_low(self, ticks: int) -> None:
+        self.low = ticks if self.low is None else max(self.low, ticks)
+
+    def bound_high(self, ticks: int) -> None:
+        self.high = ticks if self.high is None else min(self.high, ticks)
+
+    def take(self, compiler: _Compiler, expr: Expr) -> bool:
+        """Absorb ``expr`` if it is a now()-relative bound on Timestamp; False if it is not one."""
+        if isinstance(expr, Between) and _is_timestamp(expr.expr):
+            low = compiler.constant(expr.low, "the low bound of between")
+            high = compiler.constant(expr.high, "the high bound of between")
+            if not (_uses_now(low) or _uses_now(high)):
+                return False
+            if expr.negated:
+                raise _error("!between with now()/ago() is not supported in a streaming rule", expr.pos)
+            if not isinstance(low, Const) or not isinstance(high, Const):
+                raise _error("between bounds must be scalar constants", expr.pos)
+            if high.type == "timespan":
+                high = Const(low.type, low.value + high.value, high.pos)
+            for bound, setter in ((low, self.bound_low), (high, self.bound_high)):
+                if bound.type != "now":
+                    raise _error(
+                        "mixing an absolute datetime and now() in one between is not supported; "
+                        "write two conditions",
+                        bound.pos,
+                    )
+                setter(bound.value)
+            return True
+        if isinstance(expr, Binary) and expr.op in ("<", "<=", ">", ">=", "=="):
+            left, right, op = expr.left, expr.right, expr.op
+            if not _is_timestamp(left) and _is_timestamp(right):
+                left, right = right, left
+                op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(op, op)
+            if not _is_timestamp(left):
+                return False
+            bound = compiler.constant(right, f"the right side of {op!r}")
+            if not _uses_now(bound):
+                return False
+            assert isinstance(bound, Const)
+            if op == "==":
+                raise _error("Timestamp == now() is not a window; use between", expr.pos)
+            value = bound.value
+            if op == ">":
+                self.bound_low(value + 1)
+            elif op == ">=":
+                self.bound_low(value)
+            elif op == "<":
+                self.bound_high(value - 1)
+            else:
+                self.bound_high(value)
+            return True
+        return False
+
+    def window(self) -> TimeWindow:
+        return TimeWindow(self.low, self.high)
+
+
+def _is_timestamp(expr: Expr) -> bool:
+    return isinstance(expr, Name) and expr.name == "Timestamp"
+
+
+def compile_query(text: str) -> CompiledQuery:
+    """Parse and compile a hunting query. Raises :class:`KqlError` with a position."""
+    query = parse(text)
+    return _compile(query, text)
+
+
+def _compile(query: Query, text: str) -> CompiledQuery:
+    table = query.table
+    if table.name not in TABLES:
+        supported = ", ".join(TABLES)
+        raise _error(f"unsupported table {table.name!r} (supported: {supported})", table.pos)
+    category, schema = TABLES[table.name]
+    scope = _Scope(schema)
+    compiler = _Compiler(scope)
+    for let in query.lets:
+        if let.name in schema:
+            raise _error(f"let {let.name!r} shadows a column of {table.name}", let.pos)
+        scope.lets[let.name] = compiler.constant(let.value, f"let {let.name}")
+
+    window = _WindowBuilder()
+    conditions: list[Condition] = []
+    condition_texts: list[str] = []
+    summarize: Summarize | None = None
+    for index, operator in enumerate(query.operators):
+        if summarize is not None:
+            raise _error("operators after summarize are not supported", operator.pos)
+        if isinstance(operator, Where):
+            for conjunct in _conjuncts(operator.predicate):
+                if window.take(compiler, conjunct):
+                    continue
+                conditions.append(compiler.condition(conjunct))
+                condition_texts.append(unparse(conjunct))
+        elif isinstance(operator, Extend):
+            for assignment in operator.assignments:
+                value = compiler.constant(assignment.value, f"extend {assignment.name}")
+                if not isinstance(value, Const) or value.type == "now":
+                    raise _error(
+                        f"extend {assignment.name}: only scalar literals are supported", assignment.pos
+                    )
+                if assignment.name in schema:
+                    raise _error(f"extend {assignment.name!r} would replace a column", assignment.pos)
+                scope.constants[assignment.name] = value
+        else:
+            summarize = operator
+            if index != len(query.operators) - 1:
+                raise _error("operators after summarize are not supported", query.operators[index + 1].pos)
+    if summarize is None:
+        last = query.operators[-1].pos if query.operators else table.pos
+        raise _error("the query must end with '| summarize ... by ...'", last)
+
+    group_by: list[str] = []
+    group_by_types: list[KqlType] = []
+    for column in summarize.by:
+        resolved = scope.resolve(column)
+        if isinstance(resolved, Column):
+            group_by_types.append(resolved.type)
+        elif isinstance(resolved, Const) and resolved.type in ("string", "long", "real", "bool"):
+            group_by_types.append(cast(KqlType, resolved.type))
+        else:
+            raise _error(f"cannot group by {column.name!r}", column.pos)
+        if column.name in group_by:
+            raise _error(f"{column.name!r} appears twice after 'by'", column.pos)
+        group_by.append(column.name)
+    aggregates = tuple(_aggregate(compiler, scope, a) for a in summarize.aggregates)
+    names = list(group_by)
+    for agg, node in zip(aggregates, summarize.aggregates, strict=True):
+        if agg.name in names:
+            raise _error(f"duplicate output column {agg.name!r}", node.pos)
+        names.append(agg.name)
+
+    required: frozenset[str] | None = None
+    for condition in conditions:
+        required = _required_and(required, condition.required)
+    evaluate = _all_of([c.evaluate for c in conditions])
+    used = set(scope.used) | {"Timestamp"}
+    return CompiledQuery(
+        text=text,
+        table=table.name,
+        category=category,
+        schema=schema,
+        columns=frozenset(used),
+        window=window.window(),
+        conditions=tuple(conditions),
+        condition_texts=tuple(condition_texts),
+        required=required,
+        group_by=tuple(group_by),
+        group_by_types=tuple(group_by_types),
+        constants={k: v.value for k, v in scope.constants.items()},
+        aggregates=aggregates,
+        _evaluate=evaluate,
+    )
+
+
+def _all_of(predicates: Sequence[Predicate]) -> Predicate:
+    if not predicates:
+        return lambda e: True
+    if len(predicates) == 1:
+        return predicates[0]
+
+    def evaluate(event: Event) -> bool | None:
+        result: bool | None = True
+        for predicate in predicates:
+            value = predicate(event)
+            if value is False:
+                return False
+            if value is None:
+                result = None
+        return result
+
+    return evaluate
+
+
+_AGGREGATE_PREFIX = {"min": "min", "max": "max", "make_set": "set", "dcount": "dcount"}
+
+
+def _aggregate(compiler: _Compiler, scope: _Scope, node: Aggregate) -> AggregateSpec:
+    func, args = node.func, node.args
+    text = f"{func}({', '.join(unparse(a) for a in args)})"
+    if func == "count":
+        if args:
+            raise _error("count() takes no arguments (count(expr) is not supported)", node.pos)
+        return AggregateSpec(node.name or "count_", "count", None, None, text=text)
+    if func == "countif":
+        if len(args) != 1:
+            raise _error("countif() takes one condition", node.pos)
+        condition = compiler.as_condition(compiler.value(args[0]), "the argument of countif()")
+        return AggregateSpec(node.name or "countif_", "countif", None, None, condition.evaluate, text=text)
+    if func in ("min", "max", "make_set", "dcount"):
+        max_args = 1 if func in ("min", "max") else 2
+        if not 1 <= len(args) <= max_args:
+            raise _error(f"{func}() takes {'one column' if max_args == 1 else 'a column and an optional number'}", node.pos)
+        if not isinstance(args[0], Name):
+            raise _error(f"{func}() is supported over a plain column only", args[0].pos)
+        target = scope.resolve(args[0])
+        if isinstance(target, Column):
+            column_type: KqlType = target.type
+        elif isinstance(target, Const) and target.type in ("string", "long", "real", "bool"):
+            column_type = cast(KqlType, target.type)
+        else:
+            raise _error(f"{func}() needs a column", args[0].pos)
+        if func in ("min", "max") and column_type not in _ORDERED:
+            raise _error(f"{func}() over a {column_type} column is not supported", args[0].pos)
+        size = MAKE_SET_MAX
+        if func == "make_set" and len(args) == 2:
+            limit = compiler.constant(args[1], "the size of make_set")
+            if not isinstance(limit, Const) or limit.type != "long" or limit.value < 1:
+                raise _error("make_set size must be a positive integer", args[1].pos)
+            size = min(int(limit.value), MAKE_SET_MAX)
+        if func == "dcount" and len(args) == 2:
+            accuracy = compiler.constant(args[1], "the accuracy of dcount")
+            if not isinstance(accuracy, Const) or accuracy.type != "long" or not 0 <= accuracy.value <= 4:
+                raise _error("dcount accuracy must be an integer from 0 to 4", args[1].pos)
+        name = node.name or f"{_AGGREGATE_PREFIX[func]}_{args[0].name}"
+        return AggregateSpec(name, func, args[0].name, column_type, size=size, text=text)
+    if func in ("make_list", "sum", "avg", "any", "take_any", "arg_max", "arg_min", "percentile", "dcountif",
+                "make_set_if", "make_list_if", "sumif", "stdev", "variance", "make_bag"):
+        raise _error(f"unsupported aggregation {func!r}: supported are count, countif, dcount, "
+                     "make_set, max, min", node.pos)
+    raise _error(f"unknown aggregation {func!r}", node.pos)
+
+
+def compile_condition(text: str, schema: Mapping[str, KqlType]) -> tuple[Condition, frozenset[str]]:
+    """Compile a standalone predicate (an exclusion's ``where``): the condition and its columns."""
+    try:
+        query = parse(f"T | where {text}")
+    except KqlError as exc:
+        raise _shift(exc) from None
+    if len(query.operators) != 1 or not isinstance(query.operators[0], Where):
+        raise KqlError("an exclusion is one predicate, not a pipeline", 1, 1)
+    scope = _Scope(schema)
+    try:
+        condition = _Compiler(scope).condition(query.operators[0].predicate)
+    except KqlError as exc:
+        raise _shift(exc) from None
+    return condition, frozenset(scope.used)
+
+
+def _shift(exc: KqlError) -> KqlError:
+    """Map a position in ``T | where <text>`` back to ``<text>`` (first line only is shifted)."""
+    offset = len("T | where ")
+    column = exc.column - offset if exc.line == 1 else exc.column
+    return KqlError(exc.message, exc.line, max(column, 1))
+
+
+def render_value(value: Any, kql_type: KqlType | None) -> Any:
+    """A JSON-ready rendering of a KQL value (datetimes as KQL text)."""
+    if value is None:
+        return None
+    if kql_type == "datetime":
+        return format_datetime(value)
+    if kql_type == "timespan":
+        return timespan_literal(value)
+    return value
