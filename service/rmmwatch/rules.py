@@ -30,7 +30,7 @@ from rmmwatch.kql.compiler import CompiledQuery, Predicate, compile_condition, c
 from rmmwatch.kql.datetimes import TICKS_PER_MINUTE, timespan_literal
 from rmmwatch.kql.errors import KqlError
 from rmmwatch.kql.parser import tokenize
-from rmmwatch.kql.schema import IDENTITY_COLUMNS, TRIGGER_COLUMNS, KqlType
+from rmmwatch.kql.schema import IDENTITY_COLUMNS, KqlType
 
 UpdateMode = Literal["none", "every", "throttle"]
 
@@ -89,11 +89,11 @@ class Rule:
 
     @property
     def columns(self) -> frozenset[str]:
-        """Every column decoding must extract for this rule."""
-        cols = set(self.query.columns) | set(IDENTITY_COLUMNS) | set(TRIGGER_COLUMNS)
+        """The columns decoding must extract (typed, strictly) to evaluate this rule."""
+        cols = set(self.query.columns) | set(IDENTITY_COLUMNS)
         for exclusion in self.exclusions:
             cols |= exclusion.columns
-        return frozenset(c for c in cols if c in self.query.schema)
+        return frozenset(cols)
 
     def excluded_by(self, event: Mapping[str, Any]) -> Exclusion | None:
         """The first exclusion that matches ``event`` (in file order), if any."""

@@ -1,0 +1,1 @@
+"""State stores: memory (tests, hunt), sqlite (embedded default), redis (shared by replicas)."""

@@ -1,0 +1,86 @@
+"""The store seam: the rolling per-group state, its episodes and the alert outbox.
+
+Every implementation passes one contract suite (tests/contract/test_store_contract.py).
+The contract, in terms of DESIGN.md's parity rule: after any sequence of ``apply`` and
+``tick`` calls with non-decreasing ``now``, ``summaries(rule, now)`` equals the KQL query's
+output at ``now`` over the distinct events applied so far; ``apply`` is atomic and
+idempotent (re-applying an event changes nothing and raises no alert), and every alert
+it creates is in the outbox, durable, when it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from rmmwatch.alerts import Alert
+from rmmwatch.events import Match
+from rmmwatch.rules import Rule
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or written now; the caller retries, commits nothing."""
+
+
+class StoreLocked(Exception):
+    """Another process owns this store (the sqlite store is single-process)."""
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    """What one ``apply`` or ``tick`` did."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    out_of_window: int = 0
+    future: int = 0
+    activated: int = 0
+    expired: int = 0
+    alerts: list[Alert] = field(default_factory=list)
+    # rule id -> count, for the per-rule metrics
+    inserted_by_rule: dict[str, int] = field(default_factory=dict)
+    duplicates_by_rule: dict[str, int] = field(default_factory=dict)
+    out_of_window_by_rule: dict[str, int] = field(default_factory=dict)
+    future_by_rule: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StateStats:
+    """Size of the state of one rule."""
+
+    groups: int
+    events: int
+
+
+class Store(Protocol):
+    """The rolling window state, shared by every source and sink."""
+
+    name: str
+
+    async def open(self) -> None:
+        """Connect / create schema / take ownership. Raises StoreUnavailable or StoreLocked."""
+
+    async def close(self) -> None:
+        """Release everything (idempotent)."""
+
+    async def apply(self, matches: Sequence[Match], now: int) -> ApplyResult:
+        """Advance to ``now``, add the matches, write the resulting alerts to the outbox: atomically."""
+
+    async def tick(self, now: int) -> ApplyResult:
+        """Advance to ``now``: expire, activate future-dated events, end episodes, flush throttled updates."""
+
+    async def pending_alerts(self, limit: int) -> list[Alert]:
+        """Outbox alerts not yet marked sent, oldest first."""
+
+    async def mark_sent(self, keys: Sequence[tuple[str, int]]) -> None:
+        """Mark outbox alerts delivered (idempotent)."""
+
+    async def summaries(self, rule: Rule, now: int) -> list[dict[str, Any]]:
+        """The rule's output rows at ``now``, rendered and sorted like ``hunt``'s."""
+
+    async def stats(self) -> dict[str, StateStats]:
+        """Groups and events held, per rule id."""
+
+    async def ping(self) -> bool:
+        """Whether the store answers now (readiness)."""
