@@ -153,7 +153,7 @@ wait_for_port() {
 # ---------------------------------------------------------------- processes
 
 # read_pid PIDFILE: print the pid stored in PIDFILE (empty if none).
-read_pid() { [[ -f "$1" ]] && tr -dc '0-9' <"$1" || true; }
+read_pid() { if [[ -f "$1" ]]; then tr -dc '0-9' <"$1"; fi; }
 
 # pid_alive PIDFILE MARKER: true if the pid in PIDFILE is running and its
 # command line contains MARKER (guards against pid reuse).
@@ -172,7 +172,8 @@ spawn() {
   local pidfile=$1 outfile=$2; shift 2
   # In a non-interactive shell a background job is not a process-group
   # leader, so setsid(1) calls setsid() and execs CMD in place: $! is CMD's pid.
-  setsid "$@" </dev/null >>"$outfile" 2>&1 &
+  # The lock fds (7, 8) are closed so the service does not hold our locks.
+  setsid "$@" </dev/null >>"$outfile" 2>&1 7>&- 8>&- &
   printf '%s\n' "$!" >"$pidfile"
 }
 

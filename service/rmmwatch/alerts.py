@@ -61,6 +61,7 @@ class Alert:
     group_key: str
     created_ticks: int
     event_ticks: int
+    seen_ticks: int
     payload: bytes  # the JSON document delivered to sinks, fixed at creation
 
     @property
@@ -122,5 +123,6 @@ def build_alert(
         group_key=group_key,
         created_ticks=now,
         event_ticks=event_ticks,
+        seen_ticks=seen_ticks,
         payload=orjson.dumps(document),
     )

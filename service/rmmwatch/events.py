@@ -175,11 +175,18 @@ class Detector:
             combined_requirements(r.query.required for r in rules), engine=prefilter_engine
         )
         self.categories = frozenset(r.query.category for r in rules)
-        columns: dict[str, KqlType] = {}
+        # Two passes per record: the columns the where conditions read (for every record of a
+        # parsed message), then the rest (identity, group, aggregates, exclusions) for matches only.
+        first: dict[str, KqlType] = {}
+        rest: dict[str, KqlType] = {}
         for rule in rules:
+            schema = rule.query.schema
+            for name in rule.query.condition_columns:
+                first[name] = schema[name]
             for name in rule.columns:
-                columns[name] = rule.query.schema[name]
-        self._columns = tuple((name, _CONVERTERS[kind]) for name, kind in sorted(columns.items()))
+                rest[name] = schema[name]
+        self._condition_columns = tuple((n, _CONVERTERS[k]) for n, k in sorted(first.items()))
+        self._match_columns = tuple((n, _CONVERTERS[k]) for n, k in sorted(rest.items()) if n not in first)
 
     # -- the hot path ------------------------------------------------------------------
     def process(self, messages: Iterable[bytes], result: BatchResult | None = None) -> BatchResult:
@@ -260,38 +267,30 @@ class Detector:
             row = record  # a bare Advanced Hunting row
         result.records += 1
         event: dict[str, Any] = {}
-        for name, convert in self._columns:
-            try:
-                event[name] = convert(row.get(name))
-            except TypeError:
-                value = row.get(name)
-                result.problems.append(
-                    (index, Problem(WRONG_TYPE, f"{name} is a JSON {type(value).__name__}", position))
-                )
+        rules: list[Rule] = []
+        problem = _convert(row, self._condition_columns, event)
+        if problem is None:
+            rules = [rule for rule in self.rules if rule.query.matches(event)]
+            if not rules:
                 return
-            except DatetimeError as exc:
-                result.problems.append((index, Problem(BAD_TIMESTAMP, f"{name}: {exc}", position)))
-                return
+            problem = _convert(row, self._match_columns, event)
+        if problem is not None:
+            result.problems.append((index, Problem(problem[0], problem[1], position)))
+            return
         ticks = event["Timestamp"]
         if ticks is None:
             result.problems.append((index, Problem(MISSING_FIELD, "Timestamp is missing or null", position)))
             return
-        self._match(event, ticks, row, result)
+        self._match(rules, event, ticks, row, result)
 
     # -- matching ----------------------------------------------------------------------
-    def _match(self, event: dict[str, Any], ticks: int, row: Mapping[str, Any], result: BatchResult) -> None:
-        identity: str | None = None
-        trigger: dict[str, Any] | None = None
-        for rule in self.rules:
+    def _match(
+        self, rules: list[Rule], event: dict[str, Any], ticks: int, row: Mapping[str, Any], result: BatchResult
+    ) -> None:
+        identity = orjson.dumps([event["DeviceId"], event["DeviceName"], ticks, event["ReportId"]]).decode()
+        trigger = trigger_fields(row, ticks)
+        for rule in rules:
             query = rule.query
-            if not query.matches(event):
-                continue
-            if identity is None:
-                identity = orjson.dumps(
-                    [event["DeviceId"], event["DeviceName"], ticks, event["ReportId"]]
-                ).decode()
-                trigger = trigger_fields(row, ticks)
-            assert trigger is not None
             group = query.group_key(event)
             match = Match(
                 rule=rule,
@@ -307,6 +306,21 @@ class Detector:
                 result.matches.append(match)
             else:
                 result.excluded.append(Excluded(match, exclusion))
+
+
+def _convert(
+    row: Mapping[str, Any], columns: Sequence[tuple[str, Any]], event: dict[str, Any]
+) -> tuple[str, str] | None:
+    """Type-convert ``columns`` of ``row`` into ``event``; (reason, detail) on the first bad one."""
+    for name, convert in columns:
+        value = row.get(name)
+        try:
+            event[name] = convert(value)
+        except TypeError:
+            return WRONG_TYPE, f"{name} is a JSON {type(value).__name__}, not {convert.__name__.strip('_')}"
+        except DatetimeError as exc:
+            return BAD_TIMESTAMP, f"{name}: {exc}"
+    return None
 
 
 def trigger_fields(row: Mapping[str, Any], ticks: int) -> dict[str, Any]:

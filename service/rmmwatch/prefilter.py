@@ -88,38 +88,40 @@ def _always(raw: bytes) -> bool:
     return True
 
 
-def _patterns(pieces: tuple[str, ...]) -> tuple[list[bytes], list[bytes], list[bytes]]:
-    """Literal pieces, ``\\uXXXX`` escape texts (lowercase hex) and raw UTF-8 sequences."""
+def _patterns(pieces: tuple[str, ...]) -> tuple[list[bytes], bytes, list[bytes]]:
+    """Literal pieces, one regex for the ``\\uXXXX`` escapes that matter, raw UTF-8 sequences."""
     chars = set("".join(pieces))
     codes: set[int] = set()
     for char in chars:
         codes.update({ord(char.lower()), ord(char.upper())})
-    escapes = {f"\\u{code:04x}".encode() for code in codes if code < 0x80}
+    escapes = {f"{code:04x}" for code in codes if code < 0x80}
     utf8: set[bytes] = set()
     for special, folded in NON_ASCII_FOLDING_TO_ASCII.items():
         if folded in chars:
-            escapes.add(f"\\u{ord(special):04x}".encode())
+            escapes.add(f"{ord(special):04x}")
             utf8.add(special.encode())
-    return [p.encode() for p in pieces], sorted(escapes), sorted(utf8)
+    # Case-sensitive "\\u" (JSON allows no "\\U", and "C:\\\\Users" must not hit), any-case hex.
+    alternatives = ("".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in e) for e in sorted(escapes))
+    escape_regex = rb"\\u(?:" + "|".join(alternatives).encode() + b")"
+    return [p.encode() for p in pieces], escape_regex, sorted(utf8)
 
 
 def _hex_escape(data: bytes) -> str:
     return "".join(chr(b) if chr(b).isascii() and chr(b).isalnum() else f"\\x{b:02x}" for b in data)
 
 
-def _hyperscan_test(literals: list[bytes], escapes: list[bytes], utf8: list[bytes]) -> Callable[[bytes], bool] | None:
+def _hyperscan_test(literals: list[bytes], escape_regex: bytes, utf8: list[bytes]) -> Callable[[bytes], bool] | None:
     try:
         import hyperscan  # noqa: PLC0415  (optional accelerator)
     except ImportError:
         return None
-    expressions = [_hex_escape(p).encode() for p in (*literals, *escapes, *utf8)]
-    flags = hyperscan.HS_FLAG_SINGLEMATCH
-    caseless = flags | hyperscan.HS_FLAG_CASELESS
-    all_flags = [caseless] * (len(literals) + len(escapes)) + [flags] * len(utf8)
+    expressions = [_hex_escape(p).encode() for p in literals] + [escape_regex]
+    expressions += [_hex_escape(p).encode() for p in utf8]
+    single = hyperscan.HS_FLAG_SINGLEMATCH
+    caseless = single | hyperscan.HS_FLAG_CASELESS
+    flags = [caseless] * len(literals) + [single] * (1 + len(utf8))
     database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    database.compile(
-        expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions), flags=all_flags
-    )
+    database.compile(expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions), flags=flags)
     database.scratch = hyperscan.Scratch(database)
     terminated = hyperscan.ScanTerminated
 
@@ -138,8 +140,9 @@ def _hyperscan_test(literals: list[bytes], escapes: list[bytes], utf8: list[byte
     return test
 
 
-def _python_test(literals: list[bytes], escapes: list[bytes], utf8: list[bytes]) -> Callable[[bytes], bool]:
-    escape_re = re.compile(b"|".join(re.escape(e) for e in escapes)) if escapes else None
+def _python_test(literals: list[bytes], escape_regex: bytes, utf8: list[bytes]) -> Callable[[bytes], bool]:
+    # Searched in the lowercased message: JSON's "\u" is lowercase and the hex digits fold.
+    escape_search = re.compile(escape_regex).search
     literal_list = tuple(literals)
     utf8_list = tuple(utf8)
 
@@ -148,7 +151,7 @@ def _python_test(literals: list[bytes], escapes: list[bytes], utf8: list[bytes])
         for literal in literal_list:
             if literal in low:
                 return True
-        if escape_re is not None and escape_re.search(low) is not None:
+        if escape_search(raw) is not None:
             return True
         return any(seq in raw for seq in utf8_list)
 

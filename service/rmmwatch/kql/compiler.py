@@ -161,6 +161,7 @@ class CompiledQuery:
     category: str
     schema: Mapping[str, KqlType]
     columns: frozenset[str]
+    condition_columns: frozenset[str]
     window: TimeWindow
     conditions: tuple[Condition, ...]
     condition_texts: tuple[str, ...]
@@ -758,6 +759,7 @@ def _compile(query: Query, text: str) -> CompiledQuery:
     if summarize is None:
         last = query.operators[-1].pos if query.operators else table.pos
         raise _error("the query must end with '| summarize ... by ...'", last)
+    condition_columns = frozenset(scope.used)
 
     group_by: list[str] = []
     group_by_types: list[KqlType] = []
@@ -790,6 +792,7 @@ def _compile(query: Query, text: str) -> CompiledQuery:
         category=category,
         schema=schema,
         columns=frozenset(used),
+        condition_columns=condition_columns,
         window=window.window(),
         conditions=tuple(conditions),
         condition_texts=tuple(condition_texts),

@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     grp TEXT NOT NULL,
     created_ticks INTEGER NOT NULL,
     event_ticks INTEGER NOT NULL,
+    seen_ticks INTEGER NOT NULL,
     payload BLOB NOT NULL,
     sent INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (alert_id, revision)
@@ -228,7 +229,7 @@ class SqliteBackend:
     def add_alert(self, alert: Alert) -> None:
         self.db.execute(
             "INSERT OR IGNORE INTO outbox (alert_id, revision, kind, rule_id, grp, created_ticks, event_ticks, "
-            "payload) VALUES (?,?,?,?,?,?,?,?)",
+            "seen_ticks, payload) VALUES (?,?,?,?,?,?,?,?,?)",
             (
                 alert.alert_id,
                 alert.revision,
@@ -237,6 +238,7 @@ class SqliteBackend:
                 alert.group_key,
                 alert.created_ticks,
                 alert.event_ticks,
+                alert.seen_ticks,
                 alert.payload,
             ),
         )
@@ -247,12 +249,21 @@ class SqliteStore:
 
     name = "sqlite"
 
-    def __init__(self, rules: Sequence[Rule], path: str | os.PathLike[str], *, synchronous: str = "full") -> None:
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "full",
+        read_only: bool = False,
+    ) -> None:
+        """``read_only`` opens without the ownership lock, for inspecting a live store (``rmmwatch state``)."""
         if synchronous.lower() not in ("full", "normal", "extra"):
             raise ValueError("synchronous must be full, normal or extra")
         self.engine = Engine(rules)
         self.path = Path(path)
         self.synchronous = synchronous.upper()
+        self.read_only = read_only
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
@@ -269,6 +280,15 @@ class SqliteStore:
             raise
 
     def _open_sync(self) -> None:
+        if self.read_only:
+            try:
+                self._db = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+                )
+                self._db.execute("PRAGMA busy_timeout=5000")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -354,11 +374,11 @@ class SqliteStore:
         def read() -> list[Alert]:
             assert self._db is not None
             rows = self._db.execute(
-                "SELECT alert_id, revision, kind, rule_id, grp, created_ticks, event_ticks, payload FROM outbox "
-                "WHERE sent = 0 ORDER BY created_ticks, alert_id, revision LIMIT ?",
+                "SELECT alert_id, revision, kind, rule_id, grp, created_ticks, event_ticks, seen_ticks, payload "
+                "FROM outbox WHERE sent = 0 ORDER BY created_ticks, alert_id, revision LIMIT ?",
                 (limit,),
             )
-            return [Alert(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7])) for r in rows]
+            return [Alert(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bytes(r[8])) for r in rows]
 
         return await self._run(read)
 

@@ -1,0 +1,406 @@
+"""The service loop: one path for every event, in DESIGN.md's commit order.
+
+1. take a batch from the source; 2. decode+match (pure, synchronous);
+3. ``store.apply``: advance the window to now, add the matches, write alerts to the
+   outbox, atomically; 4. deliver outbox alerts to every sink, mark them sent;
+5. commit the source position, only when the outbox is empty (everything read so far
+   is durable and delivered). Between batches a wall-clock tick advances the window.
+
+Failures never lose data: a store error leaves the batch uncommitted and the loop
+retries it with backoff; a sink error leaves alerts in the outbox (retried with backoff,
+and reading pauses once ``max_pending_alerts`` wait); a crash re-reads from the last
+committed position, and apply is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from typing import Any
+
+from rmmwatch.alerts import Alert
+from rmmwatch.events import BatchResult, Detector
+from rmmwatch.http import HealthServer
+from rmmwatch.kql.datetimes import TICKS_PER_SECOND
+from rmmwatch.logging import RateLimiter, get_logger
+from rmmwatch.metrics import Metrics
+from rmmwatch.rules import Rule
+from rmmwatch.sinks.base import Sink, SinkError
+from rmmwatch.sinks.deadletter import DeadLetter, DeadLetterSink
+from rmmwatch.sources.base import Batch, Source
+from rmmwatch.stores.base import ApplyResult, Store, StoreUnavailable
+
+log = get_logger("rmmwatch.app")
+
+Clock = Callable[[], int]
+
+
+def wall_clock() -> int:
+    """Now, in ticks (100 ns) since the Unix epoch."""
+    return time.time_ns() // 100
+
+
+class Backoff:
+    """Exponential backoff with a cap: 0.5 s, 1 s, 2 s ... ``cap_s``."""
+
+    def __init__(self, first_s: float = 0.5, cap_s: float = 30.0) -> None:
+        self.first_s = first_s
+        self.cap_s = cap_s
+        self.failures = 0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap_s, self.first_s * 2**self.failures)
+        self.failures += 1
+        return delay
+
+
+class App:
+    """Wires a source, the detector, a store and sinks into the running service."""
+
+    def __init__(
+        self,
+        *,
+        rules: Sequence[Rule],
+        source: Source,
+        store: Store,
+        sinks: Sequence[Sink],
+        dead_letters: DeadLetterSink,
+        metrics: Metrics,
+        detector: Detector,
+        tick_interval_s: float = 1.0,
+        max_pending_alerts: int = 10_000,
+        metrics_host: str = "0.0.0.0",  # noqa: S104
+        metrics_port: int = 9464,
+        shutdown_timeout_s: float = 25.0,
+        clock: Clock = wall_clock,
+    ) -> None:
+        self.rules = list(rules)
+        self.source = source
+        self.store = store
+        self.sinks = list(sinks)
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.detector = detector
+        self.tick_interval_s = tick_interval_s
+        self.max_pending_alerts = max_pending_alerts
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.clock = clock
+        self.http = (
+            HealthServer(metrics.registry, self._live, self._ready, metrics_host, metrics_port)
+            if metrics_port >= 0
+            else None
+        )
+        self._stopping = asyncio.Event()
+        self._last_loop = time.monotonic()
+        self._last_tick = 0.0
+        self._last_stats = 0.0
+        self._store_ok = False
+        self._uncommitted: Any = None
+        self._has_uncommitted = False
+        self._pending_alerts = 0
+        self._delivery_backoff = Backoff()
+        self._next_delivery = 0.0
+        self._problem_logs = RateLimiter(per_second=1.0, burst=20)
+        self._excluded_logs = RateLimiter(per_second=5.0, burst=50)
+        self.stats = {"batches": 0, "messages": 0, "matches": 0, "alerts": 0}
+        metrics.describe_rules({r.id: r.name for r in self.rules})
+
+    # -- health -------------------------------------------------------------------------
+    def _live(self) -> tuple[bool, str]:
+        age = time.monotonic() - self._last_loop
+        limit = max(30.0, 10 * self.tick_interval_s)
+        return (age < limit, f"loop turned {age:.1f}s ago")
+
+    def _ready(self) -> tuple[bool, str]:
+        source_ok, source_detail = self.source.ready()
+        ok = source_ok and self._store_ok and not self._stopping.is_set()
+        self.metrics.ready.labels(component="source").set(1 if source_ok else 0)
+        self.metrics.ready.labels(component="store").set(1 if self._store_ok else 0)
+        return ok, f"source: {source_detail}; store: {'ok' if self._store_ok else 'unavailable'}"
+
+    def stop(self) -> None:
+        """Ask the loop to finish the in-flight batch and exit."""
+        if not self._stopping.is_set():
+            log.info("stopping")
+            self._stopping.set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def run(self) -> int:
+        """Run until stopped or until a finite source is exhausted. Returns an exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        if self.http is not None:
+            await self.http.start()
+        try:
+            await self._open()
+            if self._stopping.is_set():
+                return 0
+            await self._deliver(force=True)
+            await self._loop()
+            return 0
+        finally:
+            await self._shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+    async def _open(self) -> None:
+        backoff = Backoff()
+        while not self._stopping.is_set():
+            try:
+                await self.store.open()
+                self._store_ok = True
+                break
+            except StoreUnavailable as exc:
+                delay = backoff.next_delay()
+                log.warning("store_unavailable", error=str(exc), retry_in_s=delay)
+                self.metrics.store_errors.labels(operation="open").inc()
+                await self._sleep(delay)
+        for sink in self.sinks:
+            await sink.open()
+        await self.dead_letters.open()
+        await self.source.start()
+        log.info(
+            "started",
+            source=self.source.name,
+            store=self.store.name,
+            sinks=[s.name for s in self.sinks],
+            rules=[r.id for r in self.rules],
+            prefilter=self.detector.prefilter.describe(),
+        )
+
+    async def _shutdown(self) -> None:
+        with suppress(Exception):
+            if self._store_ok:
+                await asyncio.wait_for(self._deliver(force=True), timeout=self.shutdown_timeout_s)
+                await self._commit_if_delivered()
+        for closer in (self.source.close, self.dead_letters.close, *[s.close for s in self.sinks], self.store.close):
+            try:
+                await closer()
+            except Exception as exc:  # noqa: BLE001  (shutdown must close everything it can)
+                log.warning("close_failed", error=str(exc))
+        if self.http is not None:
+            await self.http.stop()
+        log.info("stopped", **self.stats)
+
+    async def _sleep(self, seconds: float) -> None:
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    # -- the loop -------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._last_loop = time.monotonic()
+            if self._last_loop - self._last_tick >= self.tick_interval_s:
+                await self._tick()
+            if self._has_uncommitted or self._pending_alerts:
+                await self._deliver()
+                await self._commit_if_delivered()
+            if self._pending_alerts >= self.max_pending_alerts:
+                # Backpressure: sinks are behind; stop reading until they catch up.
+                await self._sleep(min(self.tick_interval_s, max(0.05, self._next_delivery - time.monotonic())))
+                continue
+            timeout = max(0.0, min(self.tick_interval_s, self._last_tick + self.tick_interval_s - time.monotonic()))
+            batch = await self.source.fetch(timeout)
+            if batch is None:
+                if self.source.exhausted:
+                    log.info("source_exhausted")
+                    break
+                continue
+            await self._process(batch)
+
+    async def _process(self, batch: Batch) -> None:
+        started = time.perf_counter()
+        result = self.detector.process(batch.messages)
+        self._count(result)
+        await self._dead_letter(batch, result)
+        self._log_excluded(result)
+        applied = await self._apply(result)
+        if applied is None:
+            return  # stopping while the store was down: nothing committed, re-read on restart
+        self._count_applied(applied)
+        self._uncommitted = batch.position
+        self._has_uncommitted = True
+        await self._deliver(force=bool(applied.alerts))
+        await self._commit_if_delivered()
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_messages.observe(len(batch.messages))
+        self.stats["batches"] += 1
+        self.stats["messages"] += result.messages
+        self.stats["matches"] += len(result.matches)
+
+    async def _apply(self, result: BatchResult) -> ApplyResult | None:
+        backoff = Backoff()
+        while True:
+            try:
+                applied = await self.store.apply(result.matches, self.clock())
+                self._store_ok = True
+                return applied
+            except StoreUnavailable as exc:
+                self._store_ok = False
+                self.metrics.store_errors.labels(operation="apply").inc()
+                if self._stopping.is_set():
+                    return None
+                delay = backoff.next_delay()
+                log.warning("store_unavailable", error=str(exc), retry_in_s=delay)
+                await self._sleep(delay)
+
+    async def _tick(self) -> None:
+        self._last_tick = time.monotonic()
+        now = self.clock()
+        try:
+            applied = await self.store.tick(now)
+            self._store_ok = True
+        except StoreUnavailable as exc:
+            self._store_ok = False
+            self.metrics.store_errors.labels(operation="tick").inc()
+            log.warning("store_unavailable", error=str(exc))
+            return
+        self.metrics.last_tick.set(now / TICKS_PER_SECOND)
+        self._count_applied(applied)
+        if applied.alerts:
+            await self._deliver(force=True)
+        if self._last_tick - self._last_stats >= 15 * self.tick_interval_s:
+            self._last_stats = self._last_tick
+            await self._refresh_state_gauges()
+
+    async def _refresh_state_gauges(self) -> None:
+        try:
+            stats = await self.store.stats()
+        except StoreUnavailable:
+            return
+        for rule in self.rules:
+            entry = stats.get(rule.id)
+            self.metrics.state_groups.labels(rule=rule.id).set(entry.groups if entry else 0)
+            self.metrics.state_events.labels(rule=rule.id).set(entry.events if entry else 0)
+
+    # -- delivery and commit ------------------------------------------------------------
+    async def _deliver(self, *, force: bool = False) -> bool:
+        """Deliver outbox alerts to every sink; True when the outbox is empty."""
+        if not force and time.monotonic() < self._next_delivery:
+            return False
+        while True:
+            try:
+                alerts = await self.store.pending_alerts(500)
+            except StoreUnavailable:
+                self._store_ok = False
+                return False
+            self._pending_alerts = len(alerts)
+            self.metrics.outbox_pending.set(len(alerts))
+            if not alerts:
+                self._delivery_backoff.reset()
+                return True
+            for sink in self.sinks:
+                try:
+                    await sink.send(alerts)
+                except SinkError as exc:
+                    self.metrics.sink_failures.labels(sink=sink.name).inc()
+                    delay = self._delivery_backoff.next_delay()
+                    self._next_delivery = time.monotonic() + delay
+                    log.warning("sink_failed", sink=sink.name, error=str(exc), alerts=len(alerts), retry_in_s=delay)
+                    return False
+                for alert in alerts:
+                    self.metrics.alerts.labels(rule=alert.rule_id, kind=alert.kind, sink=sink.name).inc()
+            try:
+                await self.store.mark_sent([a.key for a in alerts])
+            except StoreUnavailable:
+                self._store_ok = False
+                return False
+            self._observe_delivered(alerts)
+
+    def _observe_delivered(self, alerts: Sequence[Alert]) -> None:
+        now = self.clock()
+        for alert in alerts:
+            self.stats["alerts"] += 1
+            if alert.kind == "end":
+                continue
+            self.metrics.event_to_alert.observe(max(0.0, (now - alert.event_ticks) / TICKS_PER_SECOND))
+            self.metrics.seen_to_alert.observe(max(0.0, (now - alert.seen_ticks) / TICKS_PER_SECOND))
+
+    async def _commit_if_delivered(self) -> None:
+        if not self._has_uncommitted or self._pending_alerts:
+            return
+        await self.source.commit(self._uncommitted)
+        self._has_uncommitted = False
+        self.metrics.commits.inc()
+
+    # -- accounting ---------------------------------------------------------------------
+    def _count(self, result: BatchResult) -> None:
+        m = self.metrics
+        source = self.source.name
+        m.messages.labels(source=source).inc(result.messages)
+        m.message_bytes.labels(source=source).inc(result.bytes)
+        if result.candidates:
+            m.parsed.inc(result.candidates)
+        if result.records:
+            m.records.inc(result.records)
+        if result.other_tables:
+            m.other_tables.inc(result.other_tables)
+        if result.matches:
+            per_rule: dict[str, int] = {}
+            for match in result.matches:
+                per_rule[match.rule.id] = per_rule.get(match.rule.id, 0) + 1
+            for rule_id, count in per_rule.items():
+                m.matches.labels(rule=rule_id).inc(count)
+        for excluded in result.excluded:
+            m.excluded.labels(rule=excluded.match.rule.id, exclusion=excluded.exclusion.name).inc()
+
+    def _count_applied(self, applied: ApplyResult) -> None:
+        m = self.metrics
+        for rule_id, count in applied.duplicates_by_rule.items():
+            m.duplicates.labels(rule=rule_id).inc(count)
+        for rule_id, count in applied.out_of_window_by_rule.items():
+            m.out_of_window.labels(rule=rule_id).inc(count)
+        for rule_id, count in applied.future_by_rule.items():
+            m.future_dated.labels(rule=rule_id).inc(count)
+        for alert in applied.alerts:
+            m.alerts_created.labels(rule=alert.rule_id, kind=alert.kind).inc()
+
+    async def _dead_letter(self, batch: Batch, result: BatchResult) -> None:
+        if not result.problems:
+            return
+        letters: list[DeadLetter] = []
+        for index, problem in result.problems:
+            self.metrics.decode_errors.labels(reason=problem.reason).inc()
+            origin = batch.locate(index)
+            allowed, suppressed = self._problem_logs.allow(problem.reason)
+            if allowed:
+                log.warning(
+                    "bad_input",
+                    reason=problem.reason,
+                    detail=problem.detail,
+                    record=problem.record,
+                    suppressed_since_last=suppressed,
+                    **origin,
+                )
+            letters.append(DeadLetter(problem.reason, problem.detail, origin, problem.record, batch.messages[index]))
+        await self.dead_letters.send(letters)
+        self.metrics.dead_letters.labels(destination=self.dead_letters.name).inc(len(letters))
+
+    def _log_excluded(self, result: BatchResult) -> None:
+        for excluded in result.excluded:
+            allowed, suppressed = self._excluded_logs.allow(excluded.match.rule.id)
+            if allowed:
+                trigger = excluded.match.trigger
+                log.info(
+                    "excluded",
+                    rule=excluded.match.rule.id,
+                    exclusion=excluded.exclusion.name,
+                    DeviceId=trigger.get("DeviceId"),
+                    DeviceName=trigger.get("DeviceName"),
+                    Timestamp=trigger.get("Timestamp"),
+                    ReportId=trigger.get("ReportId"),
+                    FileName=trigger.get("FileName"),
+                    ProcessCommandLine=trigger.get("ProcessCommandLine"),
+                    InitiatingProcessFileName=trigger.get("InitiatingProcessFileName"),
+                    AccountName=trigger.get("AccountName"),
+                    suppressed_since_last=suppressed,
+                )

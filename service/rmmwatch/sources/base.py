@@ -1,0 +1,46 @@
+"""The source seam: batches of raw message bytes with an opaque position to commit.
+
+Nothing above a source knows its transport. The loop commits a position only after the
+batch's state and alerts are durable and delivered (DESIGN.md's commit order), and a
+source resumes from its last committed position after a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(slots=True)
+class Batch:
+    """Raw messages, the position after them, and a way to say where message ``i`` came from."""
+
+    messages: Sequence[bytes]
+    position: Any
+    locate: Callable[[int], dict[str, Any]]
+
+
+class Source(Protocol):
+    """Yields batches, commits positions."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Connect, join the group, restore positions."""
+
+    async def fetch(self, timeout_s: float) -> Batch | None:
+        """The next batch, or None if nothing arrived within ``timeout_s``."""
+
+    @property
+    def exhausted(self) -> bool:
+        """True when a finite source has delivered everything (replay without --follow)."""
+
+    async def commit(self, position: Any) -> None:
+        """Make ``position`` the resume point (idempotent; later positions supersede)."""
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness and a short reason."""
+
+    async def close(self) -> None:
+        """Leave the group, close connections (idempotent)."""
