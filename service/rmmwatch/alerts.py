@@ -90,9 +90,11 @@ def build_alert(
     """Make an outbox alert whose payload carries the summary row, the rule and the times."""
     identifier = alert_id(rule.id, group_key, episode_start_ticks)
     query = rule.query
-    summary = render_row(query, group, values) if values else {
-        name: value for name, value in zip(query.group_by, group, strict=True)
-    }
+    summary = (
+        render_row(query, group, values)
+        if values
+        else {name: value for name, value in zip(query.group_by, group, strict=True)}
+    )
     document = {
         "alert_id": identifier,
         "revision": revision,

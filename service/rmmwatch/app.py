@@ -55,7 +55,7 @@ class Backoff:
         self.failures = 0
 
     def next_delay(self) -> float:
-        delay = min(self.cap_s, self.first_s * 2**self.failures)
+        delay = min(self.cap_s, self.first_s * (1 << min(self.failures, 20)))
         self.failures += 1
         return delay
 
@@ -182,10 +182,15 @@ class App:
             if self._store_ok:
                 await asyncio.wait_for(self._deliver(force=True), timeout=self.shutdown_timeout_s)
                 await self._commit_if_delivered()
-        for closer in (self.source.close, self.dead_letters.close, *[s.close for s in self.sinks], self.store.close):
+        for closer in (
+            self.source.close,
+            self.dead_letters.close,
+            *[s.close for s in self.sinks],
+            self.store.close,
+        ):
             try:
                 await closer()
-            except Exception as exc:  # noqa: BLE001  (shutdown must close everything it can)
+            except Exception as exc:
                 log.warning("close_failed", error=str(exc))
         if self.http is not None:
             await self.http.stop()

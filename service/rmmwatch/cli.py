@@ -38,7 +38,6 @@ def _now_ticks(text: str | None) -> int:
         raise ConfigError(f"--now: {exc}") from None
 
 
-
 def _error(message: str, code: int = EXIT_USAGE) -> int:
     print(f"rmmwatch: error: {message}", file=sys.stderr)
     return code
@@ -130,9 +129,7 @@ async def _hunt(args: argparse.Namespace) -> int:
     several = len(rules) > 1
     rows: list[dict[str, Any]] = []
     for rule in rules:
-        events = (
-            WindowEvent(m.identity, m.ticks, m.group, m.contribution) for m in result.matches if m.rule is rule
-        )
+        events = (WindowEvent(m.identity, m.ticks, m.group, m.contribution) for m in result.matches if m.rule is rule)
         rows.extend(_tag(summarize(rule.query, events, now), rule, several))
     print_rows(rows, _columns(rules), args.format, sys.stdout)
     if bad_count:

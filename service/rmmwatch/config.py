@@ -56,56 +56,147 @@ class Option:
 
 RUN_OPTIONS: tuple[Option, ...] = (
     # rules
-    Option("--rule", "rule file (Sentinel YAML) or bundled:<name>; repeatable; default: every bundled rule",
-           repeat=True, group="rules"),
-    Option("--no-exclusions", "run the bare hunting query, without the rules' named exclusions", False, _bool,
-           switch=True, group="rules"),
+    Option(
+        "--rule",
+        "rule file (Sentinel YAML) or bundled:<name>; repeatable; default: every bundled rule",
+        repeat=True,
+        group="rules",
+    ),
+    Option(
+        "--no-exclusions",
+        "run the bare hunting query, without the rules' named exclusions",
+        False,
+        _bool,
+        switch=True,
+        group="rules",
+    ),
     # source
     Option("--source", "synthetic | stdin | file:PATH | kafka | eventhub", "synthetic", group="source"),
     Option("--follow", "file source: keep reading as the file grows", False, _bool, switch=True, group="source"),
-    Option("--checkpoint", "file source: where to keep the committed offset (default: <data-dir>/file-offset.json "
-           "with a durable store, none with memory)", group="source"),
+    Option(
+        "--checkpoint",
+        "file source: where to keep the committed offset (default: <data-dir>/file-offset.json "
+        "with a durable store, none with memory)",
+        group="source",
+    ),
     Option("--batch-max-messages", "messages per batch at most", 500, int, group="source"),
-    Option("--max-message-bytes", "larger messages are dead-lettered as oversized (Event Hubs' limit is 1 MB)",
-           1_048_576, int, group="source"),
-    Option("--synthetic-rate", "synthetic source: messages per second (0: as fast as possible)", 20.0, float,
-           group="synthetic"),
-    Option("--synthetic-count", "synthetic source: stop after this many messages (default: never)", None,
-           _optional_int, group="synthetic"),
+    Option(
+        "--max-message-bytes",
+        "larger messages are dead-lettered as oversized (Event Hubs' limit is 1 MB)",
+        1_048_576,
+        int,
+        group="source",
+    ),
+    Option(
+        "--synthetic-rate",
+        "synthetic source: messages per second (0: as fast as possible)",
+        20.0,
+        float,
+        group="synthetic",
+    ),
+    Option(
+        "--synthetic-count",
+        "synthetic source: stop after this many messages (default: never)",
+        None,
+        _optional_int,
+        group="synthetic",
+    ),
     Option("--synthetic-seed", "synthetic source: random seed", 1, int, group="synthetic"),
     Option("--synthetic-devices", "synthetic source: device population", 2000, int, group="synthetic"),
-    Option("--synthetic-netsupport-ratio", "synthetic source: fraction of records that are NetSupport launches",
-           0.002, float, group="synthetic"),
+    Option(
+        "--synthetic-netsupport-ratio",
+        "synthetic source: fraction of records that are NetSupport launches",
+        0.002,
+        float,
+        group="synthetic",
+    ),
     # state
-    Option("--store", "memory | sqlite[:PATH] | redis://... (sqlite default path: <data-dir>/rmmwatch.db)",
-           "sqlite", group="state"),
+    Option(
+        "--store",
+        "memory | sqlite[:PATH] | redis://... (sqlite default path: <data-dir>/rmmwatch.db)",
+        "sqlite",
+        group="state",
+    ),
     Option("--data-dir", "directory for the sqlite database and file checkpoints", "./data", group="state"),
-    Option("--sqlite-synchronous", "sqlite durability: full (survives power loss) or normal (survives a crash)",
-           "full", choices=("full", "normal", "extra"), group="state"),
-    Option("--tick-interval", "seconds between wall-clock ticks (expiry, activation, throttled updates)", 1.0,
-           float, group="state"),
+    Option(
+        "--sqlite-synchronous",
+        "sqlite durability: full (survives power loss) or normal (survives a crash)",
+        "full",
+        choices=("full", "normal", "extra"),
+        group="state",
+    ),
+    Option(
+        "--tick-interval",
+        "seconds between wall-clock ticks (expiry, activation, throttled updates)",
+        1.0,
+        float,
+        group="state",
+    ),
     # alerts
     Option("--sink", "stdout | jsonl:PATH | webhook:URL; repeatable", repeat=True, group="alerts"),
-    Option("--webhook-token-env", "name of the environment variable holding the webhook bearer token",
-           "RMMWATCH_WEBHOOK_TOKEN", group="alerts"),
+    Option(
+        "--webhook-token-env",
+        "name of the environment variable holding the webhook bearer token",
+        "RMMWATCH_WEBHOOK_TOKEN",
+        group="alerts",
+    ),
     Option("--webhook-timeout", "seconds per webhook attempt", 5.0, float, group="alerts"),
-    Option("--webhook-retries", "webhook retries per alert (exponential backoff with jitter)", 3, int,
-           group="alerts"),
-    Option("--max-pending-alerts", "stop reading input while this many alerts wait for delivery", 10_000, int,
-           group="alerts"),
-    Option("--dead-letter", "log | jsonl:PATH: where undecodable input goes (always counted)", "log",
-           group="alerts"),
+    Option(
+        "--webhook-retries",
+        "webhook retries per alert (exponential backoff with jitter)",
+        3,
+        int,
+        group="alerts",
+    ),
+    Option(
+        "--max-pending-alerts",
+        "stop reading input while this many alerts wait for delivery",
+        10_000,
+        int,
+        group="alerts",
+    ),
+    Option(
+        "--dead-letter",
+        "log | jsonl:PATH: where undecodable input goes (always counted)",
+        "log",
+        group="alerts",
+    ),
     # operations
-    Option("--metrics-host", "address of the /metrics, /healthz, /readyz server", "0.0.0.0", group="operations"),  # noqa: S104
-    Option("--metrics-port", "port of that server (0: any free port, -1: no server)", 9464, int,
-           group="operations"),
-    Option("--log-level", "debug | info | warning | error", "info", choices=("debug", "info", "warning", "error"),
-           group="operations"),
+    Option(
+        "--metrics-host",
+        "address of the /metrics, /healthz, /readyz server",
+        "0.0.0.0",  # noqa: S104  (a pod's metrics port listens on all interfaces)
+        group="operations",
+    ),
+    Option(
+        "--metrics-port",
+        "port of that server (0: any free port, -1: no server)",
+        9464,
+        int,
+        group="operations",
+    ),
+    Option(
+        "--log-level",
+        "debug | info | warning | error",
+        "info",
+        choices=("debug", "info", "warning", "error"),
+        group="operations",
+    ),
     Option("--log-format", "json | console", "json", choices=("json", "console"), group="operations"),
-    Option("--prefilter", "byte prefilter engine", "auto", choices=("auto", "hyperscan", "python"),
-           group="operations"),
-    Option("--shutdown-timeout", "seconds to drain the in-flight batch on SIGTERM", 25.0, float,
-           group="operations"),
+    Option(
+        "--prefilter",
+        "byte prefilter engine",
+        "auto",
+        choices=("auto", "hyperscan", "python"),
+        group="operations",
+    ),
+    Option(
+        "--shutdown-timeout",
+        "seconds to drain the in-flight batch on SIGTERM",
+        25.0,
+        float,
+        group="operations",
+    ),
 )
 
 
@@ -125,8 +216,11 @@ def add_run_options(parser: argparse.ArgumentParser, options: Sequence[Option] =
             group.add_argument(option.flag, default=None, choices=option.choices, help=text)
 
 
-def resolve(namespace: argparse.Namespace, environ: dict[str, str] | None = None,
-            options: Sequence[Option] = RUN_OPTIONS) -> dict[str, Any]:
+def resolve(
+    namespace: argparse.Namespace,
+    environ: dict[str, str] | None = None,
+    options: Sequence[Option] = RUN_OPTIONS,
+) -> dict[str, Any]:
     """Option values: command line, else environment, else default; parsed and validated."""
     environ = dict(os.environ) if environ is None else environ
     values: dict[str, Any] = {}

@@ -171,9 +171,7 @@ class Detector:
             raise ValueError("at least one rule is needed")
         self.rules = tuple(rules)
         self.max_message_bytes = max_message_bytes
-        self.prefilter = Prefilter(
-            combined_requirements(r.query.required for r in rules), engine=prefilter_engine
-        )
+        self.prefilter = Prefilter(combined_requirements(r.query.required for r in rules), engine=prefilter_engine)
         self.categories = frozenset(r.query.category for r in rules)
         # Two passes per record: the columns the where conditions read (for every record of a
         # parsed message), then the rest (identity, group, aggregates, exclusions) for matches only.
@@ -199,9 +197,7 @@ class Detector:
             size = len(raw)
             result.bytes += size
             if size > limit:
-                result.problems.append(
-                    (index, Problem(OVERSIZED, f"{size} bytes is over the {limit}-byte limit"))
-                )
+                result.problems.append((index, Problem(OVERSIZED, f"{size} bytes is over the {limit}-byte limit")))
             elif prefilter(raw):
                 result.candidates += 1
                 self._decode_message(raw, index, result)
@@ -223,7 +219,10 @@ class Detector:
                 records = document["records"]
                 if not isinstance(records, list):
                     result.problems.append(
-                        (index, Problem(RECORDS_NOT_LIST, f"'records' is {type(records).__name__}, not a list"))
+                        (
+                            index,
+                            Problem(RECORDS_NOT_LIST, f"'records' is {type(records).__name__}, not a list"),
+                        )
                     )
                     return
             else:
@@ -231,18 +230,14 @@ class Detector:
         elif isinstance(document, list):
             records = document
         else:
-            result.problems.append(
-                (index, Problem(NOT_OBJECT, f"the body is a JSON {type(document).__name__}"))
-            )
+            result.problems.append((index, Problem(NOT_OBJECT, f"the body is a JSON {type(document).__name__}")))
             return
         for position, record in enumerate(records):
             self._decode_record(record, position, index, result)
 
     def _decode_record(self, record: Any, position: int, index: int, result: BatchResult) -> None:
         if not isinstance(record, dict):
-            result.problems.append(
-                (index, Problem(RECORD_NOT_OBJECT, f"a {type(record).__name__}", position))
-            )
+            result.problems.append((index, Problem(RECORD_NOT_OBJECT, f"a {type(record).__name__}", position)))
             return
         category = record.get("category")
         if "properties" in record:
@@ -285,7 +280,12 @@ class Detector:
 
     # -- matching ----------------------------------------------------------------------
     def _match(
-        self, rules: list[Rule], event: dict[str, Any], ticks: int, row: Mapping[str, Any], result: BatchResult
+        self,
+        rules: list[Rule],
+        event: dict[str, Any],
+        ticks: int,
+        row: Mapping[str, Any],
+        result: BatchResult,
     ) -> None:
         identity = orjson.dumps([event["DeviceId"], event["DeviceName"], ticks, event["ReportId"]]).decode()
         trigger = trigger_fields(row, ticks)

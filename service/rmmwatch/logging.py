@@ -81,7 +81,9 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
     """Configure structlog (and the stdlib loggers of libraries) to write to ``stream`` (stderr)."""
     stream = stream or sys.stderr
     numeric = std_logging.getLevelNamesMapping().get(level.upper(), std_logging.INFO)
-    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -29,36 +29,48 @@ class Metrics:
         self.messages = Counter("rmmwatch_messages", "Messages read from the source", ["source"], registry=r)
         self.message_bytes = Counter("rmmwatch_message_bytes", "Bytes of messages read", ["source"], registry=r)
         self.parsed = Counter(
-            "rmmwatch_messages_parsed", "Messages the byte prefilter could not rule out, parsed as JSON", registry=r
+            "rmmwatch_messages_parsed",
+            "Messages the byte prefilter could not rule out, parsed as JSON",
+            registry=r,
         )
         self.records = Counter("rmmwatch_records", "Records decoded from parsed messages", registry=r)
         self.other_tables = Counter(
             "rmmwatch_records_other_table", "Records of other Advanced Hunting tables, skipped", registry=r
         )
         self.decode_errors = Counter(
-            "rmmwatch_decode_errors", "Messages or records that could not be decoded, by reason", ["reason"], registry=r
+            "rmmwatch_decode_errors",
+            "Messages or records that could not be decoded, by reason",
+            ["reason"],
+            registry=r,
         )
         self.dead_letters = Counter(
-            "rmmwatch_dead_letters", "Undecodable inputs written to the dead-letter destination", ["destination"],
+            "rmmwatch_dead_letters",
+            "Undecodable inputs written to the dead-letter destination",
+            ["destination"],
             registry=r,
         )
         # rules and state
-        self.matches = Counter(
-            "rmmwatch_matches", "Records matched by a rule and not excluded", ["rule"], registry=r
-        )
+        self.matches = Counter("rmmwatch_matches", "Records matched by a rule and not excluded", ["rule"], registry=r)
         self.excluded = Counter(
-            "rmmwatch_excluded", "Records matched by a rule and removed by a named exclusion", ["rule", "exclusion"],
+            "rmmwatch_excluded",
+            "Records matched by a rule and removed by a named exclusion",
+            ["rule", "exclusion"],
             registry=r,
         )
         self.duplicates = Counter(
             "rmmwatch_duplicates", "Matched events already in the state (redelivery)", ["rule"], registry=r
         )
         self.out_of_window = Counter(
-            "rmmwatch_out_of_window", "Matched events older than the window on arrival, not counted", ["rule"],
+            "rmmwatch_out_of_window",
+            "Matched events older than the window on arrival, not counted",
+            ["rule"],
             registry=r,
         )
         self.future_dated = Counter(
-            "rmmwatch_future_dated", "Matched events dated after now, held until their time", ["rule"], registry=r
+            "rmmwatch_future_dated",
+            "Matched events dated after now, held until their time",
+            ["rule"],
+            registry=r,
         )
         self.state_groups = Gauge("rmmwatch_state_groups", "Groups holding events", ["rule"], registry=r)
         self.state_events = Gauge("rmmwatch_state_events", "Events held in the window state", ["rule"], registry=r)
@@ -69,9 +81,7 @@ class Metrics:
         self.alerts_created = Counter(
             "rmmwatch_outbox_alerts", "Alerts written to the outbox", ["rule", "kind"], registry=r
         )
-        self.alerts = Counter(
-            "rmmwatch_alerts", "Alerts delivered, per sink", ["rule", "kind", "sink"], registry=r
-        )
+        self.alerts = Counter("rmmwatch_alerts", "Alerts delivered, per sink", ["rule", "kind", "sink"], registry=r)
         self.sink_failures = Counter("rmmwatch_sink_failures", "Failed deliveries, per sink", ["sink"], registry=r)
         self.outbox_pending = Gauge("rmmwatch_outbox_pending", "Alerts in the outbox not yet delivered", registry=r)
         self.event_to_alert = Histogram(
@@ -88,20 +98,29 @@ class Metrics:
         )
         # the loop
         self.batch_seconds = Histogram(
-            "rmmwatch_batch_processing_seconds", "Time to process one batch end to end", buckets=_FAST_BUCKETS,
+            "rmmwatch_batch_processing_seconds",
+            "Time to process one batch end to end",
+            buckets=_FAST_BUCKETS,
             registry=r,
         )
         self.batch_messages = Histogram(
-            "rmmwatch_batch_messages", "Messages per batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 5000),
+            "rmmwatch_batch_messages",
+            "Messages per batch",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 5000),
             registry=r,
         )
         self.commits = Counter("rmmwatch_source_commits", "Source positions committed", registry=r)
         self.last_tick = Gauge(
-            "rmmwatch_last_tick_timestamp_seconds", "When the wall-clock tick last advanced the window", registry=r
+            "rmmwatch_last_tick_timestamp_seconds",
+            "When the wall-clock tick last advanced the window",
+            registry=r,
         )
         self.ready = Gauge("rmmwatch_ready", "Readiness per component (1 ready, 0 not)", ["component"], registry=r)
         self.consumer_lag = Gauge(
-            "rmmwatch_consumer_lag", "Messages behind the end of each partition", ["topic", "partition"], registry=r
+            "rmmwatch_consumer_lag",
+            "Messages behind the end of each partition",
+            ["topic", "partition"],
+            registry=r,
         )
 
     def describe_rules(self, rules: Mapping[str, str]) -> None:

@@ -30,9 +30,7 @@ from rmmwatch.kql.strings import NON_ASCII_FOLDING_TO_ASCII, fold
 #: Characters every JSON encoder writes verbatim inside a string. Excluded: the quote,
 #: backslash and slash (escapable), and ``<>&'+``` (escaped by .NET's default encoder,
 #: which is what Microsoft services tend to use), controls and non-ASCII.
-_JSON_SAFE = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 !#$%()*,-.:;=?@[]^_{|}~"
-)
+_JSON_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 !#$%()*,-.:;=?@[]^_{|}~")
 
 
 def searchable_piece(required: str) -> str:

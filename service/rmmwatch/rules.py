@@ -66,7 +66,7 @@ class AlertPolicy:
     end: bool = False
 
     def describe(self) -> str:
-        update = self.update
+        update: str = self.update
         if update == "throttle":
             update = f"throttle (at most one update per group every {timespan_literal(self.update_interval_ticks)})"
         return f"new: always; update: {update}; end: {'yes' if self.end else 'no'}"
@@ -139,6 +139,7 @@ class Rule:
 
 
 # -- loading -------------------------------------------------------------------------------
+
 
 def _bundled_dir() -> importlib.resources.abc.Traversable:
     return importlib.resources.files("rmmwatch").joinpath("rules")

@@ -253,4 +253,3 @@ class IncomingSniffer:
         """Drop what is kept for a link that is gone."""
         self._desired_capabilities.pop(link_name, None)
         self._formats.pop(link_name, None)
-

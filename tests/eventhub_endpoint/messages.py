@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from proton import Data, Described, Message, symbol, ulong
 
@@ -72,7 +72,7 @@ def _sections(payload: bytes) -> list[tuple[int, bytes, object]]:
         code = int(section.descriptor)
         if code not in _KNOWN_SECTIONS:
             raise ValueError(f"unknown AMQP message section 0x{code:x} at byte {position}")
-        value = section.value
+        value: object = section.value
         if isinstance(value, memoryview):  # proton lends binary values from its own buffer
             value = value.tobytes()
         sections.append((code, payload[position : position + consumed], value))
@@ -147,8 +147,8 @@ def encode_event(body: bytes, properties: Mapping[str, object] | None, partition
     return bytes(message.encode())
 
 
-def encode_annotations(code: int, annotations: Mapping[object, object]) -> bytes:
-    """Encode a message- or delivery-annotations section."""
+def encode_annotations(code: int, annotations: Mapping[Any, Any]) -> bytes:
+    """Encode a message- or delivery-annotations section (symbol keys, any AMQP values)."""
     data = Data()
     data.put_object(Described(ulong(code), dict(annotations)))
     return data.encode()

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, quote_plus, unquote, urlparse
 
 from proton import (
@@ -155,7 +155,7 @@ def _path(url_or_path: str) -> str:
 
 def _covers(scope: str, path: str) -> bool:
     """Whether a token scoped to entity path ``scope`` grants access to entity path ``path``."""
-    return scope == "/" or path == scope or path.startswith(scope + "/")
+    return scope in ("/", path) or path.startswith(scope + "/")
 
 
 def verify_sas_token(token: str, audience: str, key_name: str, key: str) -> str | None:
@@ -186,13 +186,20 @@ def verify_sas_token(token: str, audience: str, key_name: str, key: str) -> str 
     return None
 
 
-def _response(request: Message, status: int, description: str, body: object = None) -> Message:
+def _response(request: Message, status: int, description: str, body: dict[str, Any] | None = None) -> Message:
     """A management/CBS response: ``status-code``/``status-description`` application properties."""
     return Message(
         correlation_id=request.id,
         properties={"status-code": int32(status), "status-description": description},
         body=body,
     )
+
+
+def _context(endpoint: _T | None) -> _T:
+    """The connection/session/link/delivery an engine event is about (always set for its type)."""
+    if endpoint is None:
+        raise ProtonException("engine event without its context")
+    return endpoint
 
 
 def _send_presettled(link: Sender, tag: int, payload: bytes) -> None:
@@ -307,6 +314,7 @@ class _ReceiverLink(_LinkHandler):
 
     def __init__(
         self,
+        *,
         link: Sender,
         connection: _ClientConnection,
         broker: _Broker,
@@ -507,30 +515,32 @@ class _ClientConnection(asyncio.Protocol):
     # AMQP events ------------------------------------------------------------------------------
 
     def _on_connection_remote_open(self, event: Event) -> None:
-        connection = event.connection
+        connection = _context(event.connection)
         if connection.state & Endpoint.LOCAL_UNINIT:
             connection.container = "eventhub-test-endpoint"
             connection.open()
 
     def _on_connection_remote_close(self, event: Event) -> None:
+        connection = _context(event.connection)
         for link in list(self._links):
             self._release(link)
-        if not event.connection.state & Endpoint.LOCAL_CLOSED:
-            event.connection.close()
+        if not connection.state & Endpoint.LOCAL_CLOSED:
+            connection.close()
 
     def _on_session_remote_open(self, event: Event) -> None:
-        if event.session.state & Endpoint.LOCAL_UNINIT:
-            event.session.open()
+        session = _context(event.session)
+        if session.state & Endpoint.LOCAL_UNINIT:
+            session.open()
 
     def _on_session_remote_close(self, event: Event) -> None:
-        session = event.session
+        session = _context(event.session)
         for link in [link for link in self._links if link.session == session]:
             self._release(link)
         if not session.state & Endpoint.LOCAL_CLOSED:
             session.close()
 
     def _on_link_remote_open(self, event: Event) -> None:
-        link = event.link
+        link = _context(event.link)
         if not link.state & Endpoint.LOCAL_UNINIT:
             return
         link.source.copy(link.remote_source)
@@ -549,18 +559,18 @@ class _ClientConnection(asyncio.Protocol):
             link.flow(_INCOMING_CREDIT)
 
     def _on_link_remote_close(self, event: Event) -> None:
-        link = event.link
+        link = _context(event.link)
         self._release(link)
         if not link.state & Endpoint.LOCAL_CLOSED:
             link.close()
 
     def _on_link_flow(self, event: Event) -> None:
-        handler = self._links.get(event.link)
+        handler = self._links.get(_context(event.link))
         if handler is not None:
             handler.on_flow()
 
     def _on_delivery(self, event: Event) -> None:
-        delivery = event.delivery
+        delivery = _context(event.delivery)
         handler = self._links.get(delivery.link)
         if handler is not None:
             handler.on_delivery(delivery)
@@ -682,7 +692,8 @@ class _Broker:
                 "type": entity_type,
                 "created_at": timestamp(to_millis(self.store.created_at)),
                 "partition_count": int32(len(ids)),
-                "partition_ids": Array(UNDESCRIBED, Data.STRING, *ids),
+                # proton's stubs type UNDESCRIBED as a plain Constant, though Array takes it
+                "partition_ids": Array(UNDESCRIBED, Data.STRING, *ids),  # type: ignore[arg-type]
             }
             return _response(request, 200, "OK", body)
         if entity_type == "com.microsoft:partition":
@@ -951,7 +962,7 @@ class EventHubEndpoint:
     @property
     def namespace_connection_string(self) -> str:
         """Connection string for the namespace (pass ``eventhub_name=`` to the SDK)."""
-        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host  # noqa: S104 - a client address
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
         return (
             f"Endpoint=sb://{host}:{self.port};SharedAccessKeyName={self.key_name};"
             f"SharedAccessKey={self.key};UseDevelopmentEmulator=true"

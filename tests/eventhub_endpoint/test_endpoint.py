@@ -24,17 +24,22 @@ import pytest
 pytest.importorskip("proton", reason="python-qpid-proton is needed for the Event Hubs test endpoint")
 pytest.importorskip("azure.eventhub", reason="azure-eventhub is the client under test")
 
-from azure.eventhub import EventData, EventHubConsumerClient as SyncConsumerClient  # noqa: E402
-from azure.eventhub import EventHubProducerClient as SyncProducerClient  # noqa: E402
-from azure.eventhub._buffered_producer._partition_resolver import generate_hash_code  # noqa: E402
-from azure.eventhub.aio import EventHubConsumerClient, EventHubProducerClient, PartitionContext  # noqa: E402
-from azure.eventhub.exceptions import AuthenticationError  # noqa: E402
+from azure.eventhub import EventData
+from azure.eventhub import EventHubConsumerClient as SyncConsumerClient
+from azure.eventhub import EventHubProducerClient as SyncProducerClient
+from azure.eventhub._buffered_producer._partition_resolver import generate_hash_code
+from azure.eventhub.aio import EventHubConsumerClient, EventHubProducerClient, PartitionContext
+from azure.eventhub.exceptions import AuthenticationError
+from proton.reactor import Selector
+from proton.utils import BlockingConnection, LinkDetached
 
-from .server import EventHubEndpoint  # noqa: E402
-from .store import StoredEvent, partition_for_key, partition_key_hash  # noqa: E402
+from .server import EventHubEndpoint
+from .store import StoredEvent, partition_for_key, partition_key_hash
 
 HUB = "defender"
 STEP_TIMEOUT = 8.0  # seconds any single wait may take
+FROM_START = "amqp.annotation.x-opt-offset > '-1'"  # the selector the SDK sends for "-1"
+BOGUS_SELECTOR = "amqp.annotation.x-opt-bogus > '1'"
 
 
 @pytest.fixture
@@ -58,12 +63,12 @@ def producer(endpoint: EventHubEndpoint, **kwargs: Any) -> EventHubProducerClien
     return EventHubProducerClient.from_connection_string(endpoint.connection_string, **kwargs)
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = STEP_TIMEOUT) -> None:
-    """Wait until ``condition()`` holds (checked every 20 ms), failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition()`` holds (checked every 20 ms), failing after :data:`STEP_TIMEOUT`."""
+    deadline = time.monotonic() + STEP_TIMEOUT
     while not condition():
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
+            pytest.fail(f"condition not met within {STEP_TIMEOUT}s")
         await asyncio.sleep(0.02)
 
 
@@ -191,7 +196,7 @@ async def test_producer_batches_reach_partitions_and_consumer_reads_all_partitio
 @pytest.mark.asyncio
 async def test_partition_key_routing_matches_the_service_hash(endpoint: EventHubEndpoint) -> None:
     for key in ("device-42", "host-a", "x", "a-much-longer-partition-key-value-0123456789"):
-        assert partition_key_hash(key) == generate_hash_code(key)
+        assert partition_key_hash(key) == generate_hash_code(key)  # type: ignore[no-untyped-call]
     async with producer(endpoint) as client:
         batch = await bounded(client.create_batch(partition_key="device-42"))
         for n in range(3):
@@ -310,9 +315,10 @@ async def test_higher_owner_level_takes_over_the_partition(endpoint: EventHubEnd
 @pytest.mark.asyncio
 async def test_clients_recover_after_connections_drop(endpoint: EventHubEndpoint) -> None:
     seed(endpoint, "0", 3, datetime(2030, 1, 1, tzinfo=UTC))
-    async with producer(endpoint) as client, receiving(
-        consumer(endpoint), partition_id="0", starting_position="-1"
-    ) as received:
+    async with (
+        producer(endpoint) as client,
+        receiving(consumer(endpoint), partition_id="0", starting_position="-1") as received,
+    ):
         await received.wait_for(3)
         await bounded(client.send_event(EventData("before-drop"), partition_id="0"))
         await received.wait_for(4)
@@ -337,6 +343,36 @@ async def test_wrong_sas_key_is_rejected(endpoint: EventHubEndpoint) -> None:
         await eventually(lambda: len(received.errors) >= 1)
     assert isinstance(received.errors[0], AuthenticationError)
     assert endpoint.partition_events("0") == []
+
+
+@pytest.mark.parametrize(
+    ("verify_tokens", "address", "selector", "condition"),
+    [
+        (True, f"{HUB}/ConsumerGroups/$Default/Partitions/0", FROM_START, "amqp:unauthorized-access"),
+        (False, f"{HUB}/ConsumerGroups/$Default/Partitions/9", FROM_START, "amqp:not-found"),
+        (False, f"{HUB}/ConsumerGroups/other/Partitions/0", FROM_START, "amqp:not-found"),
+        (False, "unknown-hub/ConsumerGroups/$Default/Partitions/0", FROM_START, "amqp:not-found"),
+        (
+            False,
+            f"{HUB}/ConsumerGroups/$Default/Partitions/0",
+            "amqp.annotation.x-opt-bogus > '1'",
+            "amqp:invalid-field",
+        ),
+    ],
+)
+def test_refused_receive_links_carry_the_service_error(
+    verify_tokens: bool, address: str, selector: str, condition: str
+) -> None:
+    """A plain AMQP client (proton, no CBS token) sees links refused the way the service refuses them."""
+    with (
+        EventHubEndpoint(hub=HUB, partitions=2, consumer_groups=["$Default"], verify_tokens=verify_tokens) as server,
+        contextlib.closing(
+            BlockingConnection(f"amqp://127.0.0.1:{server.port}", timeout=STEP_TIMEOUT, allowed_mechs="ANONYMOUS")
+        ) as connection,
+    ):
+        with pytest.raises(LinkDetached) as refused:
+            connection.create_receiver(address, options=Selector(selector))
+        assert refused.value.condition == condition
 
 
 def test_sync_clients_work_too(endpoint: EventHubEndpoint) -> None:

@@ -269,9 +269,7 @@ class _Compiler:
         left = self.value(expr.left)
         right = self.value(expr.right)
         if not (isinstance(left, Const) and isinstance(right, Const)):
-            raise _error(
-                f"arithmetic '{expr.op}' is supported on constants only (e.g. now() - 5d)", expr.pos
-            )
+            raise _error(f"arithmetic '{expr.op}' is supported on constants only (e.g. now() - 5d)", expr.pos)
         sign = 1 if expr.op == "+" else -1
         if left.type in ("datetime", "now") and right.type == "timespan":
             return Const(left.type, left.value + sign * right.value, expr.pos)
@@ -293,10 +291,10 @@ class _Compiler:
                 raise _error("now() takes one optional timespan argument, e.g. now(-5d)", expr.pos)
             return Const("now", offset.value, expr.pos)
         if name == "ago":
-            offset = self.constant(args[0], "the argument of ago()") if len(args) == 1 else None
-            if not isinstance(offset, Const) or offset.type != "timespan":
+            span = self.constant(args[0], "the argument of ago()") if len(args) == 1 else None
+            if not isinstance(span, Const) or span.type != "timespan":
                 raise _error("ago() takes one timespan argument, e.g. ago(5d)", expr.pos)
-            return Const("now", -offset.value, expr.pos)
+            return Const("now", -span.value, expr.pos)
         if name in ("isempty", "isnotempty", "isnull", "isnotnull"):
             return self.emptiness(expr)
         if name == "not":
@@ -469,9 +467,7 @@ class _Compiler:
         if not isinstance(low, Const) or not isinstance(high, Const):
             raise _error("between bounds must be scalar constants", expr.pos)
         if "now" in (low.type, high.type):
-            raise _error(
-                "now()/ago() may only bound Timestamp in a top-level where condition", expr.pos
-            )
+            raise _error("now()/ago() may only bound Timestamp in a top-level where condition", expr.pos)
         if column.type == "datetime" and high.type == "timespan" and low.type == "datetime":
             high = Const("datetime", low.value + high.value, high.pos)
         _check_comparable(column, low, "between", expr.pos)
@@ -495,8 +491,8 @@ class _Compiler:
         for item in expr.items:
             value = self.constant(item, f"items of {expr.op!r}")
             items.extend(value.items if isinstance(value, ConstList) else (value,))
-        for item in items:
-            _check_comparable(column, item, expr.op, item.pos)
+        for const in items:
+            _check_comparable(column, const, expr.op, const.pos)
         name, op = column.name, expr.op
         text = column.type in _TEXT
         values = [i.value for i in items]
@@ -671,8 +667,7 @@ class _WindowBuilder:
             for bound, setter in ((low, self.bound_low), (high, self.bound_high)):
                 if bound.type != "now":
                     raise _error(
-                        "mixing an absolute datetime and now() in one between is not supported; "
-                        "write two conditions",
+                        "mixing an absolute datetime and now() in one between is not supported; write two conditions",
                         bound.pos,
                     )
                 setter(bound.value)
@@ -684,13 +679,13 @@ class _WindowBuilder:
                 op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(op, op)
             if not _is_timestamp(left):
                 return False
-            bound = compiler.constant(right, f"the right side of {op!r}")
-            if not _uses_now(bound):
+            limit = compiler.constant(right, f"the right side of {op!r}")
+            if not _uses_now(limit):
                 return False
-            assert isinstance(bound, Const)
+            assert isinstance(limit, Const)
             if op == "==":
                 raise _error("Timestamp == now() is not a window; use between", expr.pos)
-            value = bound.value
+            value = limit.value
             if op == ">":
                 self.bound_low(value + 1)
             elif op == ">=":
@@ -746,9 +741,7 @@ def _compile(query: Query, text: str) -> CompiledQuery:
             for assignment in operator.assignments:
                 value = compiler.constant(assignment.value, f"extend {assignment.name}")
                 if not isinstance(value, Const) or value.type == "now":
-                    raise _error(
-                        f"extend {assignment.name}: only scalar literals are supported", assignment.pos
-                    )
+                    raise _error(f"extend {assignment.name}: only scalar literals are supported", assignment.pos)
                 if assignment.name in schema:
                     raise _error(f"extend {assignment.name!r} would replace a column", assignment.pos)
                 scope.constants[assignment.name] = value
@@ -768,7 +761,7 @@ def _compile(query: Query, text: str) -> CompiledQuery:
         if isinstance(resolved, Column):
             group_by_types.append(resolved.type)
         elif isinstance(resolved, Const) and resolved.type in ("string", "long", "real", "bool"):
-            group_by_types.append(cast(KqlType, resolved.type))
+            group_by_types.append(cast("KqlType", resolved.type))
         else:
             raise _error(f"cannot group by {column.name!r}", column.pos)
         if column.name in group_by:
@@ -842,14 +835,17 @@ def _aggregate(compiler: _Compiler, scope: _Scope, node: Aggregate) -> Aggregate
     if func in ("min", "max", "make_set", "dcount"):
         max_args = 1 if func in ("min", "max") else 2
         if not 1 <= len(args) <= max_args:
-            raise _error(f"{func}() takes {'one column' if max_args == 1 else 'a column and an optional number'}", node.pos)
+            raise _error(
+                f"{func}() takes {'one column' if max_args == 1 else 'a column and an optional number'}",
+                node.pos,
+            )
         if not isinstance(args[0], Name):
             raise _error(f"{func}() is supported over a plain column only", args[0].pos)
         target = scope.resolve(args[0])
         if isinstance(target, Column):
             column_type: KqlType = target.type
         elif isinstance(target, Const) and target.type in ("string", "long", "real", "bool"):
-            column_type = cast(KqlType, target.type)
+            column_type = cast("KqlType", target.type)
         else:
             raise _error(f"{func}() needs a column", args[0].pos)
         if func in ("min", "max") and column_type not in _ORDERED:
@@ -866,10 +862,27 @@ def _aggregate(compiler: _Compiler, scope: _Scope, node: Aggregate) -> Aggregate
                 raise _error("dcount accuracy must be an integer from 0 to 4", args[1].pos)
         name = node.name or f"{_AGGREGATE_PREFIX[func]}_{args[0].name}"
         return AggregateSpec(name, func, args[0].name, column_type, size=size, text=text)
-    if func in ("make_list", "sum", "avg", "any", "take_any", "arg_max", "arg_min", "percentile", "dcountif",
-                "make_set_if", "make_list_if", "sumif", "stdev", "variance", "make_bag"):
-        raise _error(f"unsupported aggregation {func!r}: supported are count, countif, dcount, "
-                     "make_set, max, min", node.pos)
+    if func in (
+        "make_list",
+        "sum",
+        "avg",
+        "any",
+        "take_any",
+        "arg_max",
+        "arg_min",
+        "percentile",
+        "dcountif",
+        "make_set_if",
+        "make_list_if",
+        "sumif",
+        "stdev",
+        "variance",
+        "make_bag",
+    ):
+        raise _error(
+            f"unsupported aggregation {func!r}: supported are count, countif, dcount, make_set, max, min",
+            node.pos,
+        )
     raise _error(f"unknown aggregation {func!r}", node.pos)
 
 

@@ -100,10 +100,7 @@ def format_datetime(ticks: int) -> str:
     hour, rem = divmod(rem, TICKS_PER_HOUR)
     minute, rem = divmod(rem, TICKS_PER_MINUTE)
     second, fraction = divmod(rem, TICKS_PER_SECOND)
-    return (
-        f"{date.year:04d}-{date.month:02d}-{date.day:02d}"
-        f"T{hour:02d}:{minute:02d}:{second:02d}.{fraction:07d}Z"
-    )
+    return f"{date.year:04d}-{date.month:02d}-{date.day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{fraction:07d}Z"
 
 
 def format_timespan(ticks: int) -> str:
@@ -119,8 +116,13 @@ def format_timespan(ticks: int) -> str:
 
 def timespan_literal(ticks: int) -> str:
     """The shortest KQL literal for a timespan: ``5d``, ``-90m``, ``1500ms``, ``7tick``."""
-    for unit, scale in (("d", TICKS_PER_DAY), ("h", TICKS_PER_HOUR), ("m", TICKS_PER_MINUTE),
-                        ("s", TICKS_PER_SECOND), ("ms", TICKS_PER_MILLISECOND)):
+    for unit, scale in (
+        ("d", TICKS_PER_DAY),
+        ("h", TICKS_PER_HOUR),
+        ("m", TICKS_PER_MINUTE),
+        ("s", TICKS_PER_SECOND),
+        ("ms", TICKS_PER_MILLISECOND),
+    ):
         if ticks % scale == 0:
             return f"{ticks // scale}{unit}"
     return f"{ticks}tick"

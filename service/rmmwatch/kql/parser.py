@@ -517,9 +517,7 @@ class _Parser:
                 raise self.error(f"expected an aggregation function, found {self.describe(func)}")
             self.next()
         if not self.at("("):
-            raise self.error(
-                f"expected '(' after aggregation {func.text!r}, found {self.describe(self.current)}"
-            )
+            raise self.error(f"expected '(' after aggregation {func.text!r}, found {self.describe(self.current)}")
         args = self.arguments()
         return Aggregate(name, func.text, args, func.pos)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from rmmwatch.kql.datetimes import format_datetime, timespan_literal
+
 
 @dataclass(frozen=True, slots=True)
 class Pos:
@@ -182,9 +184,6 @@ def unparse(expr: Expr) -> str:
 
 
 def _unparse_literal(literal: Literal) -> str:
-    # Imported here: datetimes imports nothing from syntax, but keep syntax dependency-free at import.
-    from rmmwatch.kql.datetimes import format_datetime, timespan_literal
-
     value = literal.value
     if value is None:
         return f"{literal.type}(null)" if literal.type != "null" else "dynamic(null)"

@@ -21,7 +21,9 @@ def open_source(config: RunConfig) -> Source:
             netsupport_ratio=config.synthetic_netsupport_ratio,
         )
         return SyntheticSource(
-            generator, rate=config.synthetic_rate, count=config.synthetic_count,
+            generator,
+            rate=config.synthetic_rate,
+            count=config.synthetic_count,
             max_messages=config.batch_max_messages,
         )
     if spec == "stdin" or spec.startswith("file:"):

@@ -59,6 +59,10 @@ class FileSource:
     def exhausted(self) -> bool:
         return self._done
 
+    def at_eof(self) -> bool:
+        """Whether the input has ended (a file not followed, or stdin closed)."""
+        return self._eof
+
     def ready(self) -> tuple[bool, str]:
         return (self._file is not None, "reading" if self._file is not None else "not started")
 
@@ -145,7 +149,7 @@ class FileSource:
                 break
             chunk = await self._read_more(0 if messages else max(0.0, deadline - loop.time()))
             if chunk is None:
-                if self._eof:
+                if self.at_eof():
                     continue  # take the last line without a newline, then stop
                 break
             self._offset += self._cursor

@@ -8,9 +8,7 @@ from rmmwatch.rules import Rule
 from rmmwatch.stores.base import Store
 
 
-def open_store(
-    url: str, rules: Sequence[Rule], *, sqlite_synchronous: str = "full", read_only: bool = False
-) -> Store:
+def open_store(url: str, rules: Sequence[Rule], *, sqlite_synchronous: str = "full", read_only: bool = False) -> Store:
     """A store for ``url``: ``memory``, ``sqlite:PATH`` or ``redis://`` / ``rediss://``."""
     if url == "memory":
         from rmmwatch.stores.memory import MemoryStore  # noqa: PLC0415

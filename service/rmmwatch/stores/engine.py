@@ -216,7 +216,7 @@ class Engine:
             assert start is not None, "a changed group holds an active event"
             episode = Episode(ref[0], ref[1], change.first.group, start, 0, now)
             backend.put_episode(episode)
-            self._alert(backend, rule, episode, "new", change.first, now, result)
+            self._alert(backend, rule=rule, episode=episode, kind="new", trigger=change.first, now=now, result=result)
             return
         policy = rule.alerting
         if policy.update == "none":
@@ -227,7 +227,7 @@ class Engine:
             episode.dirty = False
             episode.dirty_trigger = None
             backend.put_episode(episode)
-            self._alert(backend, rule, episode, "update", change.last, now, result)
+            self._alert(backend, rule=rule, episode=episode, kind="update", trigger=change.last, now=now, result=result)
             return
         episode.dirty = True
         episode.dirty_trigger = change.last.trigger
@@ -265,7 +265,7 @@ class Engine:
             episode.revision += 1
             episode.last_alert_ticks = now
             backend.put_episode(episode)
-            self._alert(backend, rule, episode, "update", trigger_row, now, result)
+            self._alert(backend, rule=rule, episode=episode, kind="update", trigger=trigger_row, now=now, result=result)
 
     def _end(self, backend: Backend, episode: Episode, now: int, result: ApplyResult) -> None:
         ref = (episode.rule_id, episode.group_key)
@@ -292,6 +292,7 @@ class Engine:
     def _alert(
         self,
         backend: Backend,
+        *,
         rule: Rule,
         episode: Episode,
         kind: AlertKind,

@@ -35,9 +35,7 @@ class MemoryBackend:
         heapq.heappush(self._until, (row.active_until, row.rule_id, row.group_key, row.identity))
         if row.pending:
             self._sequence += 1
-            heapq.heappush(
-                self._pending, (row.active_from, self._sequence, row.rule_id, row.group_key, row.identity)
-            )
+            heapq.heappush(self._pending, (row.active_from, self._sequence, row.rule_id, row.group_key, row.identity))
         return True
 
     def _active(self, ref: GroupRef, now: int) -> Iterable[EventRow]:

@@ -221,9 +221,7 @@ class SqliteBackend:
         self.db.execute("DELETE FROM episodes WHERE rule_id = ? AND grp = ?", ref)
 
     def dirty_episodes(self) -> list[Episode]:
-        rows = self.db.execute(
-            f"SELECT {self._EPISODE_COLUMNS} FROM episodes WHERE dirty = 1 ORDER BY rule_id, grp"
-        )
+        rows = self.db.execute(f"SELECT {self._EPISODE_COLUMNS} FROM episodes WHERE dirty = 1 ORDER BY rule_id, grp")
         return [self._episode(r) for r in rows]
 
     def add_alert(self, alert: Alert) -> None:
