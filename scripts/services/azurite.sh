@@ -98,7 +98,7 @@ do_start() {
   # --disableTelemetry: no network but the package registries here.
   # --inMemoryPersistence: nothing on disk. It refuses --location, so the
   # workspace (azurite's default location) is given as the working directory.
-  (cd "$WORKSPACE" && spawn "$PIDFILE" "$LOGFILE" node "$AZ_MAIN" \
+  (cd "$WORKSPACE" && spawn "$PIDFILE" "$LOGFILE" "$MARKER" node "$AZ_MAIN" \
     --blobHost "$BIND_HOST" --blobPort "$PORT_BLOB" --inMemoryPersistence \
     --skipApiVersionCheck --loose --disableTelemetry "${extra[@]}")
   local deadline=$((SECONDS + START_TIMEOUT))

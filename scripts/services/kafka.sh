@@ -269,7 +269,7 @@ do_start() {
   local -a cmd
   mapfile -d '' cmd < <(java_cmd kafka.Kafka "$CONF")
   printf '== %s broker start\n' "$(date '+%F %T')" >>"$OUTFILE"
-  spawn "$PIDFILE" "$OUTFILE" "${cmd[@]}"
+  spawn "$PIDFILE" "$OUTFILE" "$MARKER" "${cmd[@]}"
 
   local deadline=$((t0 + START_TIMEOUT))
   ((deadline > SECONDS + 30)) || deadline=$((SECONDS + 30))  # time spent fetching jars does not count

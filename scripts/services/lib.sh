@@ -166,15 +166,25 @@ pid_alive() {
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$2"
 }
 
-# spawn PIDFILE OUTFILE CMD...: start CMD detached (own session, stdin from
-# /dev/null, stdout+stderr appended to OUTFILE) and record its pid.
+# spawn PIDFILE OUTFILE MARKER CMD...: start CMD detached (own session, stdin
+# from /dev/null, stdout+stderr appended to OUTFILE), record its pid, and wait
+# (briefly) until the forked child has exec'd CMD, so that pid_alive PIDFILE
+# MARKER is meaningful right after spawn returns.
 spawn() {
-  local pidfile=$1 outfile=$2; shift 2
+  local pidfile=$1 outfile=$2 marker=$3; shift 3
   # In a non-interactive shell a background job is not a process-group
   # leader, so setsid(1) calls setsid() and execs CMD in place: $! is CMD's pid.
   # The lock fds (7, 8) are closed so the service does not hold our locks.
   setsid "$@" </dev/null >>"$outfile" 2>&1 7>&- 8>&- &
-  printf '%s\n' "$!" >"$pidfile"
+  local pid=$!
+  printf '%s\n' "$pid" >"$pidfile"
+  local i
+  for ((i = 0; i < 100; i++)); do
+    pid_alive "$pidfile" "$marker" && return 0
+    kill -0 "$pid" 2>/dev/null || return 0  # died: the caller's wait reports it
+    sleep 0.05
+  done
+  return 0
 }
 
 # stop_pid NAME PIDFILE MARKER TIMEOUT_S: SIGTERM, wait, then SIGKILL.

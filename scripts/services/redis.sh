@@ -69,7 +69,7 @@ do_start() {
   log "starting redis-server on $BIND_HOST:$port"
   : >"$LOGFILE"
   # --ignore-warnings ARM64-COW-BUG only matters on arm64 kernels; harmless elsewhere.
-  spawn "$PIDFILE" "$OUTFILE" redis-server \
+  spawn "$PIDFILE" "$OUTFILE" "$MARKER" redis-server \
     --bind "$BIND_HOST" --port "$port" --protected-mode yes \
     --save '' --appendonly no --daemonize no \
     --dir "$SERVICES_DIR" --dbfilename "$NAME-unused.rdb" \

@@ -43,11 +43,15 @@ class Prefilter:
     """Decides, per raw message, whether it may contain a match."""
 
     def __init__(self, required: frozenset[str] | None, *, engine: str = "auto") -> None:
-        """``required``: strings one of which every match contains (None: no prefiltering)."""
+        """``required``: strings one of which every match contains (None: no prefiltering).
+
+        ``engine``: ``auto`` (hyperscan if it imports, else python), ``hyperscan``, ``python``, or
+        ``off`` (parse every message: the reference the prefilter is tested against).
+        """
         self.pieces: tuple[str, ...] | None = None
         self.engine = "none"
         self._test: Callable[[bytes], bool] = _always
-        if required is None:
+        if required is None or engine == "off":
             return
         pieces = {searchable_piece(r) for r in required}
         if "" in pieces:

@@ -82,6 +82,17 @@ from .messages import (
 )
 from .store import EventHubStore, EventPosition, Partition, StoredEvent, to_millis
 
+__all__ = [
+    "DEFAULT_CONSUMER_GROUP",
+    "DEFAULT_KEY",
+    "DEFAULT_KEY_NAME",
+    "MAX_MESSAGE_SIZE",
+    "EventHubEndpoint",
+    "ReceiverInfo",
+    "StoredEvent",
+    "verify_sas_token",
+]
+
 _LOG: Final = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
@@ -239,9 +250,10 @@ class _ResponseLink(_LinkHandler):
         self.on_flow()
 
     def on_flow(self) -> None:
-        while self._queue and self.link.credit > 0:
-            _send_presettled(self.link, next(self._tags), self._queue.popleft())
-        self._connection.schedule_flush()
+        if self._queue and self.link.credit > 0:
+            while self._queue and self.link.credit > 0:
+                _send_presettled(self.link, next(self._tags), self._queue.popleft())
+            self._connection.schedule_flush()
 
 
 class _RequestLink(_LinkHandler):
@@ -727,18 +739,18 @@ class _Broker:
                 return segments[2]
         raise _LinkRefused(_NOT_FOUND, f"The messaging entity '{'/'.join(segments)}' could not be found.")
 
-    def publish(self, partition_id: str | None, messages: list[ParsedMessage]) -> list[StoredEvent]:
+    def publish(self, partition_id: str | None, messages: list[ParsedMessage]) -> None:
         """Enqueue one delivery's events in one partition (stamped with one enqueued time)."""
         if not messages:
-            return []
+            return
         if partition_id is None:
             partition = self.store.route(messages[0].partition_key)
         else:
             partition = self.store.partitions[partition_id]
-        stored = [partition.append(messages[0])]
-        stored.extend(partition.append(message, stored[0].enqueued_time) for message in messages[1:])
+        first = partition.append(messages[0])
+        for message in messages[1:]:
+            partition.append(message, first.enqueued_time)
         self.pump(partition.partition_id)
-        return stored
 
     def pump(self, partition_id: str) -> None:
         """Let every receiver of a partition send what it has credit for."""

@@ -73,20 +73,28 @@ async def eventually(condition: Callable[[], bool]) -> None:
 
 
 class Receiving:
-    """An ``EventHubConsumerClient.receive_batch`` running in the background, recording everything."""
+    """``EventHubConsumerClient.receive_batch`` (or ``receive`` with ``batch=False``) running in the
+    background, recording every event and error."""
 
-    def __init__(self, client: EventHubConsumerClient, **receive_kwargs: Any) -> None:
+    def __init__(self, client: EventHubConsumerClient, *, batch: bool = True, **receive_kwargs: Any) -> None:
         self.client = client
         self.events: list[tuple[str, EventData]] = []
         self.errors: list[Exception] = []
         self.contexts: dict[str, PartitionContext] = {}
-        self._task = asyncio.create_task(
+        receive = (
             client.receive_batch(self._on_batch, on_error=self._on_error, **receive_kwargs)
+            if batch
+            else client.receive(self._on_event, on_error=self._on_error, **receive_kwargs)
         )
+        self._task = asyncio.create_task(receive)
 
     async def _on_batch(self, context: PartitionContext, events: list[EventData]) -> None:
         self.contexts[context.partition_id] = context
         self.events.extend((context.partition_id, event) for event in events)
+
+    async def _on_event(self, context: PartitionContext, event: EventData | None) -> None:
+        if event is not None:
+            await self._on_batch(context, [event])
 
     async def _on_error(self, context: PartitionContext | None, error: Exception) -> None:
         self.errors.append(error)
@@ -215,6 +223,31 @@ async def test_partition_key_routing_matches_the_service_hash(endpoint: EventHub
 
 
 @pytest.mark.asyncio
+async def test_buffered_producer(endpoint: EventHubEndpoint) -> None:
+    failures: list[Exception] = []
+
+    async def on_success(events: list[EventData], partition_id: str | None) -> None:
+        pass
+
+    async def on_error(events: list[EventData], partition_id: str | None, error: Exception) -> None:
+        failures.append(error)
+
+    client = producer(endpoint, buffered_mode=True, on_success=on_success, on_error=on_error, max_wait_time=0.1)
+    async with client:
+        for n in range(6):
+            await bounded(client.send_event(EventData(f"buffered-{n}"), partition_key=f"key-{n % 2}"))
+        await bounded(client.flush())
+    assert failures == []
+    stored = [e for pid in ("0", "1") for e in endpoint.partition_events(pid)]
+    assert sorted(e.body for e in stored) == sorted(f"buffered-{n}".encode() for n in range(6))
+    partitions_by_key: dict[str | None, set[str]] = {}
+    for event in stored:
+        partitions_by_key.setdefault(event.partition_key, set()).add(event.partition_id)
+    assert sorted(partitions_by_key) == ["key-0", "key-1"]
+    assert all(len(pids) == 1 for pids in partitions_by_key.values())  # the SDK keeps a key on one partition
+
+
+@pytest.mark.asyncio
 async def test_starting_positions(endpoint: EventHubEndpoint) -> None:
     stored = seed(endpoint, "0", 5, datetime(2030, 1, 1, tzinfo=UTC))
     third = stored[2]
@@ -245,7 +278,7 @@ async def test_starting_positions(endpoint: EventHubEndpoint) -> None:
 @pytest.mark.asyncio
 async def test_latest_only_delivers_events_enqueued_after_attach(endpoint: EventHubEndpoint) -> None:
     seed(endpoint, "0", 3, datetime(2030, 1, 1, tzinfo=UTC))
-    async with receiving(consumer(endpoint), partition_id="0", starting_position="@latest") as received:
+    async with receiving(consumer(endpoint), batch=False, partition_id="0", starting_position="@latest") as received:
         await eventually(lambda: len(endpoint.receivers("0")) == 1)
         endpoint.append("0", b"fresh")
         await received.wait_for(1)

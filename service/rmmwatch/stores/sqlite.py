@@ -115,7 +115,8 @@ class SqliteBackend:
         )
         return cursor.rowcount == 1
 
-    _ACTIVE = "rule_id = ? AND grp = ? AND pending = 0 AND active_from <= ? AND active_until >= ?"
+    # "Active at now" is a matter of time alone: the pending flag only drives activation alerts.
+    _ACTIVE = "rule_id = ? AND grp = ? AND active_from <= ? AND active_until >= ?"
 
     def has_active(self, ref: GroupRef, now: int) -> bool:
         row = self.db.execute(f"SELECT 1 FROM events WHERE {self._ACTIVE} LIMIT 1", (*ref, now, now)).fetchone()
@@ -132,7 +133,7 @@ class SqliteBackend:
     def all_active(self, rule_id: str, now: int) -> Iterable[tuple[list[Any], list[Any]]]:
         rows = self.db.execute(
             "SELECT grp_values, contribution FROM events "
-            "WHERE rule_id = ? AND pending = 0 AND active_from <= ? AND active_until >= ?",
+            "WHERE rule_id = ? AND active_from <= ? AND active_until >= ?",
             (rule_id, now, now),
         )
         for grp_values, contribution in rows:

@@ -1,0 +1,97 @@
+"""Shared test helpers: event rows in the real Advanced Hunting shape, and the run path."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from rmmwatch.events import Detector, Match
+from rmmwatch.kql.datetimes import (
+    TICKS_PER_DAY,
+    TICKS_PER_MINUTE,
+    TICKS_PER_SECOND,
+    format_datetime,
+    parse_datetime,
+)
+from rmmwatch.rules import Rule, parse_rule
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SEED_RULE = FIXTURES / "netsupport-rule.yaml"
+
+T0 = parse_datetime("2026-11-20T12:00:00Z")
+DAY = TICKS_PER_DAY
+MINUTE = TICKS_PER_MINUTE
+SECOND = TICKS_PER_SECOND
+WINDOW = 5 * DAY
+
+_report_ids = itertools.count(50_000)
+
+
+def row(
+    *,
+    ticks: int = T0,
+    device: str = "dev-1",
+    name: str | None = None,
+    report: int | None = None,
+    company: str = "NetSupport Ltd",
+    command: str = '"C:\\ProgramData\\x\\client32.exe" ',
+    parent: str = "powershell.exe",
+    account: str = "jdoe",
+    **extra: Any,
+) -> dict[str, Any]:
+    """A DeviceProcessEvents row (the Advanced Hunting shape) with the columns rules read."""
+    out: dict[str, Any] = {
+        "Timestamp": format_datetime(ticks),
+        "DeviceId": device,
+        "DeviceName": name if name is not None else f"{device}.corp.example",
+        "ActionType": "ProcessCreated",
+        "FileName": "client32.exe",
+        "FolderPath": "C:\\ProgramData\\x\\client32.exe",
+        "ProcessVersionInfoCompanyName": company,
+        "ProcessCommandLine": command,
+        "InitiatingProcessFileName": parent,
+        "AccountName": account,
+        "ReportId": next(_report_ids) if report is None else report,
+    }
+    out.update(extra)
+    return out
+
+
+def envelope(*rows: dict[str, Any]) -> bytes:
+    """An Event Hubs message body holding ``rows`` as DeviceProcessEvents records."""
+    return orjson.dumps(
+        {
+            "records": [
+                {"time": r["Timestamp"], "category": "AdvancedHunting-DeviceProcessEvents", "properties": r}
+                for r in rows
+            ]
+        }
+    )
+
+
+def matches(detector: Detector, rows: Iterable[dict[str, Any]]) -> list[Match]:
+    """Decode+match rows (one message each) the way ``run`` does."""
+    result = detector.process([orjson.dumps(r) for r in rows])
+    assert not result.problems, result.problems
+    return result.matches
+
+
+def rule_with_alerting(alerting: str, rule_id: str = "test-rule") -> Rule:
+    """The seed query with an ``alerting:`` block (YAML text) and a test id."""
+    text = SEED_RULE.read_text().replace("id: 54ce8c70-403e-4659-88f7-8bd63a10fdca", f"id: {rule_id}")
+    return parse_rule(text + "\nalerting:\n" + alerting, "test")
+
+
+def seed_rule(rule_id: str | None = None) -> Rule:
+    text = SEED_RULE.read_text()
+    if rule_id is not None:
+        text = text.replace("id: 54ce8c70-403e-4659-88f7-8bd63a10fdca", f"id: {rule_id}")
+    return parse_rule(text, str(SEED_RULE))
+
+
+def ndjson(rows: Sequence[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in rows)
