@@ -38,8 +38,16 @@ ensure_azurite() {
   mkdir -p "$tmp"
   log "installing azurite@$AZURITE_VERSION with npm into $AZ_HOME (log: $nlog)"
   printf '{"name":"rmmwatch-azurite","private":true}\n' >"$tmp/package.json"
-  if ! (cd "$tmp" && timeout --kill-after=30 "$INSTALL_TIMEOUT" npm install --no-audit --no-fund \
-      --no-update-notifier --loglevel=error "azurite@$AZURITE_VERSION") >"$nlog" 2>&1; then
+  local attempt ok=0
+  for attempt in 1 2; do  # one retry, for a registry hiccup
+    if (cd "$tmp" && timeout --kill-after=30 "$INSTALL_TIMEOUT" npm install --no-audit --no-fund \
+        --no-update-notifier --loglevel=error "azurite@$AZURITE_VERSION") >"$nlog" 2>&1; then
+      ok=1
+      break
+    fi
+    ((attempt == 2)) || { log "npm install failed; retrying once"; sleep 5; }
+  done
+  if ((ok == 0)); then
     show_log_tail "$nlog"
     rm -rf "$tmp"
     die "npm install azurite@$AZURITE_VERSION failed (log: $nlog)"
@@ -121,8 +129,7 @@ do_stop() {
 
 do_status() {
   ensure_dirs
-  load_ports "$NAME" BLOB
-  if is_running && http_ok "$PORT_BLOB"; then
+  if is_running && load_ports "$NAME" BLOB && http_ok "$PORT_BLOB"; then
     log "running on $BIND_HOST:$PORT_BLOB (pid $(read_pid "$PIDFILE"))"
     print_env "$NAME"
     return 0

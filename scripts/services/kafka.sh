@@ -66,10 +66,18 @@ ensure_jars() {
   rm -rf "$tmp"
   mkdir -p "$tmp"
   log "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central into $KAFKA_HOME (log: $mlog)"
-  if ! timeout --kill-after=30 "$FETCH_TIMEOUT" mvn -B -q -Dstyle.color=never \
-      -f "$KAFKA_SRC/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
-      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/libs" \
-      >"$mlog" 2>&1; then
+  local attempt ok=0
+  for attempt in 1 2; do  # one retry, for a registry hiccup
+    if timeout --kill-after=30 "$FETCH_TIMEOUT" mvn -B -q -Dstyle.color=never \
+        -f "$KAFKA_SRC/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/libs" \
+        >"$mlog" 2>&1; then
+      ok=1
+      break
+    fi
+    ((attempt == 2)) || { log "mvn failed; retrying once"; sleep 5; }
+  done
+  if ((ok == 0)); then
     show_log_tail "$mlog"
     rm -rf "$tmp"
     die "mvn could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION (log: $mlog)"
@@ -271,9 +279,9 @@ do_start() {
   printf '== %s broker start\n' "$(date '+%F %T')" >>"$OUTFILE"
   spawn "$PIDFILE" "$OUTFILE" "$MARKER" "${cmd[@]}"
 
-  local deadline=$((t0 + START_TIMEOUT))
-  ((deadline > SECONDS + 30)) || deadline=$((SECONDS + 30))  # time spent fetching jars does not count
-  wait_for_port "$PORT_PLAINTEXT" $((deadline - SECONDS)) "$PIDFILE" "$MARKER" "$LOGFILE"
+  # The timeout counts from the JVM launch (a first-time jar fetch has its own).
+  local deadline=$((SECONDS + START_TIMEOUT))
+  wait_for_port "$PORT_PLAINTEXT" "$START_TIMEOUT" "$PIDFILE" "$MARKER" "$LOGFILE"
   wait_for_port "$PORT_SASL" $((deadline - SECONDS > 1 ? deadline - SECONDS : 1)) "$PIDFILE" "$MARKER" "$LOGFILE"
   PROBE_ERR=""
   until probe_listeners 5; do

@@ -14,7 +14,8 @@ REPO_ROOT="$(cd "$SERVICES_SCRIPT_DIR/../.." && pwd)"
 _abs() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
 
 SERVICES_DIR="$(_abs "${RMMWATCH_SERVICES_DIR:-$REPO_ROOT/.services}")"
-CACHE_DIR="$(_abs "${RMMWATCH_CACHE:-$HOME/.cache/rmmwatch}")"
+_home="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+CACHE_DIR="$(_abs "${RMMWATCH_CACHE:-${_home:-/tmp}/.cache/rmmwatch}")"
 BIND_HOST=127.0.0.1
 
 # ---------------------------------------------------------------- logging

@@ -94,8 +94,7 @@ do_stop() {
 
 do_status() {
   ensure_dirs
-  load_ports "$NAME" PORT
-  if is_running && redis_ping "$PORT_PORT"; then
+  if is_running && load_ports "$NAME" PORT && redis_ping "$PORT_PORT"; then
     log "running on $BIND_HOST:$PORT_PORT (pid $(read_pid "$PIDFILE"))"
     print_env "$NAME"
     return 0

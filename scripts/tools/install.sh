@@ -16,7 +16,8 @@ KUBE_SCORE_VERSION="${KUBE_SCORE_VERSION:-v1.20.0}"
 HADOLINT_VERSION="${HADOLINT_VERSION:-2.15.1}"
 TOOLS_TIMEOUT="${RMMWATCH_TOOLS_TIMEOUT:-1500}"
 
-CACHE="${RMMWATCH_CACHE:-$HOME/.cache/rmmwatch}"
+_home="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+CACHE="${RMMWATCH_CACHE:-${_home:-/tmp}/.cache/rmmwatch}"
 BIN="$CACHE/bin"
 LOGDIR="$CACHE/tools-logs"
 mkdir -p "$BIN" "$LOGDIR"
@@ -29,15 +30,18 @@ if command -v flock >/dev/null 2>&1; then
   flock -w "$TOOLS_TIMEOUT" 9 || die "timed out waiting for $CACHE/.tools.lock"
 fi
 
-# Run a build step quietly; on failure show its log tail on stderr.
+# Run a build step quietly (one retry, for a registry hiccup); on failure
+# show its log tail on stderr.
 run_logged() {
   local name=$1; shift
-  local log="$LOGDIR/$name.log"
-  if ! timeout --kill-after=30 "$TOOLS_TIMEOUT" "$@" >"$log" 2>&1; then
-    printf 'tools/install.sh: %s failed (log: %s):\n' "$name" "$log" >&2
-    tail -n 30 "$log" >&2 || true
-    exit 1
-  fi
+  local log="$LOGDIR/$name.log" attempt
+  for attempt in 1 2; do
+    timeout --kill-after=30 "$TOOLS_TIMEOUT" "$@" >"$log" 2>&1 && return 0
+    ((attempt == 2)) || sleep 5
+  done
+  printf 'tools/install.sh: %s failed (log: %s):\n' "$name" "$log" >&2
+  tail -n 30 "$log" >&2 || true
+  exit 1
 }
 
 # A version stamp next to the binary so a version bump rebuilds.

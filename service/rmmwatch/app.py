@@ -145,7 +145,7 @@ class App:
                 return 0
             await self._deliver(force=True)
             await self._loop()
-            return 0
+            return await self._drain()
         finally:
             await self._shutdown()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -195,6 +195,24 @@ class App:
         if self.http is not None:
             await self.http.stop()
         log.info("stopped", **self.stats)
+
+    async def _drain(self) -> int:
+        """Deliver what is left and commit, retrying up to the shutdown timeout: 0 if all done, else 1."""
+        deadline = time.monotonic() + self.shutdown_timeout_s
+        while True:
+            delivered = await self._deliver(force=True)
+            if delivered:
+                await self._commit_if_delivered()
+                return 0
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stopping.is_set():
+                log.error(
+                    "undelivered_alerts",
+                    pending=self._pending_alerts,
+                    note="they stay in the outbox (sqlite/redis) and are delivered by the next run",
+                )
+                return 1
+            await self._sleep(min(remaining, max(0.01, self._next_delivery - time.monotonic())))
 
     async def _sleep(self, seconds: float) -> None:
         with suppress(TimeoutError):

@@ -191,7 +191,6 @@ class _IncomingLink:
     """What the sniffer knows about one link the client attached, by (channel, handle)."""
 
     name: str
-    client_is_sender: bool
     in_delivery: bool = False  # a multi-frame delivery is being received (last transfer had more=true)
 
 
@@ -224,22 +223,21 @@ class IncomingSniffer:
 
     def _on_attach(self, channel: int, fields: list[object]) -> None:
         name, handle, role = str(fields[0]), _as_int(fields[1]), bool(fields[2])
-        client_is_sender = not role  # role false = sender
-        self._links[(channel, handle)] = _IncomingLink(name, client_is_sender)
+        self._links[(channel, handle)] = _IncomingLink(name)
         desired = fields[12] if len(fields) > 12 else None
         self._desired_capabilities[name] = _symbols(desired)
-        if client_is_sender:
+        if not role:  # role false: the client sends on this link, so its deliveries get formats
             self._formats[name] = deque()
 
     def _on_transfer(self, channel: int, fields: list[object]) -> None:
         link = self._links.get((channel, _as_int(fields[0])))
-        if link is None or not link.client_is_sender:
+        formats = None if link is None else self._formats.get(link.name)
+        if link is None or formats is None:  # not a sending link, or one already forgotten
             return
-        more = bool(fields[5]) if len(fields) > 5 else False
         if not link.in_delivery:
             message_format = fields[3] if len(fields) > 3 and fields[3] is not None else 0
-            self._formats[link.name].append(_as_int(message_format))
-        link.in_delivery = more
+            formats.append(_as_int(message_format))
+        link.in_delivery = bool(fields[5]) if len(fields) > 5 else False
 
     def desired_capabilities(self, link_name: str) -> frozenset[str]:
         """The desired capabilities the client put on its attach of ``link_name``."""

@@ -221,6 +221,21 @@ def _send_presettled(link: Sender, tag: int, payload: bytes) -> None:
     delivery.settle()
 
 
+def _take_delivery(link: Receiver, delivery: Delivery, sniffer: IncomingSniffer) -> tuple[bytes, int] | None:
+    """Payload and message format of a delivery the client finished sending, else ``None``
+    (still arriving, or aborted by the client: an aborted delivery is settled and dropped)."""
+    if delivery.aborted:
+        sniffer.next_message_format(link.name)
+        delivery.settle()
+        link.flow(1)
+        return None
+    if delivery.partial or not delivery.readable:
+        return None
+    payload = link.recv(delivery.pending) or b""
+    link.advance()
+    return payload, sniffer.next_message_format(link.name)
+
+
 class _LinkHandler:
     """Behaviour of one attached link; the defaults ignore what a link kind does not use."""
 
@@ -266,11 +281,10 @@ class _RequestLink(_LinkHandler):
         self._broker = broker
 
     def on_delivery(self, delivery: Delivery) -> None:
-        if delivery.partial or not delivery.readable:
+        received = _take_delivery(self.link, delivery, self._connection.sniffer)
+        if received is None:
             return
-        payload = self.link.recv(delivery.pending) or b""
-        self.link.advance()
-        self._connection.sniffer.next_message_format(self.link.name)
+        payload, _message_format = received
         request = Message()
         request.decode(payload)
         if self.node == _CBS_NODE:
@@ -289,23 +303,19 @@ class _RequestLink(_LinkHandler):
 class _PublishLink(_LinkHandler):
     """A producer's send link: every delivery becomes one or more events in a partition."""
 
-    def __init__(self, link: Receiver, partition_id: str | None, connection: _ClientConnection, broker: _Broker):
+    def __init__(
+        self, link: Receiver, partition_id: str | None, connection: _ClientConnection, broker: _Broker
+    ) -> None:
         self.link = link
         self.partition_id = partition_id
         self._connection = connection
         self._broker = broker
 
     def on_delivery(self, delivery: Delivery) -> None:
-        if delivery.aborted:
-            self._connection.sniffer.next_message_format(self.link.name)
-            delivery.settle()
-            self.link.flow(1)
+        received = _take_delivery(self.link, delivery, self._connection.sniffer)
+        if received is None:
             return
-        if delivery.partial or not delivery.readable:
-            return
-        payload = self.link.recv(delivery.pending) or b""
-        self.link.advance()
-        message_format = self._connection.sniffer.next_message_format(self.link.name)
+        payload, message_format = received
         try:
             events = parse_delivery(payload, message_format)
         except (ValueError, ProtonException) as error:
@@ -425,7 +435,7 @@ class _ClientConnection(asyncio.Protocol):
             Event.SESSION_REMOTE_CLOSE: self._on_session_remote_close,
             Event.LINK_REMOTE_OPEN: self._on_link_remote_open,
             Event.LINK_REMOTE_CLOSE: self._on_link_remote_close,
-            Event.LINK_REMOTE_DETACH: self._on_link_remote_close,
+            Event.LINK_REMOTE_DETACH: self._on_link_remote_detach,
             Event.LINK_FLOW: self._on_link_flow,
             Event.DELIVERY: self._on_delivery,
         }
@@ -561,6 +571,7 @@ class _ClientConnection(asyncio.Protocol):
             handler = self._attach(link)
         except _LinkRefused as refusal:
             _LOG.info("connection %d: refusing link %s: %s", self.connection_id, link.name, refusal)
+            self.sniffer.forget(link.name)
             link.open()
             link.condition = Condition(refusal.condition, refusal.description)
             link.close()
@@ -575,6 +586,12 @@ class _ClientConnection(asyncio.Protocol):
         self._release(link)
         if not link.state & Endpoint.LOCAL_CLOSED:
             link.close()
+
+    def _on_link_remote_detach(self, event: Event) -> None:
+        link = _context(event.link)
+        self._release(link)
+        if not link.state & Endpoint.LOCAL_CLOSED:
+            link.detach()
 
     def _on_link_flow(self, event: Event) -> None:
         handler = self._links.get(_context(event.link))

@@ -243,7 +243,7 @@ async def test_buffered_producer(endpoint: EventHubEndpoint) -> None:
     partitions_by_key: dict[str | None, set[str]] = {}
     for event in stored:
         partitions_by_key.setdefault(event.partition_key, set()).add(event.partition_id)
-    assert sorted(partitions_by_key) == ["key-0", "key-1"]
+    assert set(partitions_by_key) == {"key-0", "key-1"}
     assert all(len(pids) == 1 for pids in partitions_by_key.values())  # the SDK keeps a key on one partition
 
 

@@ -1,0 +1,191 @@
+"""The sink contract, against every sink: stdout, jsonl file, webhook (a real local HTTP server).
+
+Clauses: ``send`` delivers every alert, in order, byte for byte; a failed delivery raises
+``SinkError`` (never another exception, never a silent drop); sending the same alerts
+again is harmless for the receiver to deduplicate (same bytes, same idempotency key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from rmmwatch.alerts import Alert
+from rmmwatch.events import Detector
+from rmmwatch.sinks.base import Sink, SinkError
+from rmmwatch.sinks.stream import JsonlSink, StdoutSink
+from rmmwatch.sinks.webhook import WebhookSink
+from rmmwatch.stores.memory import MemoryStore
+from tests.helpers import T0, matches, row, seed_rule
+
+
+@dataclass
+class Receiver:
+    """A local HTTP endpoint that records what it is sent and can be told to fail."""
+
+    bodies: list[bytes] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    fail_next: int = 0
+    status_when_failing: int = 503
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if state.fail_next > 0:
+                state.fail_next -= 1
+                self.send_response(state.status_when_failing)
+                self.end_headers()
+                return
+            state.bodies.append(body)
+            state.headers.append(dict(self.headers.items()))
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.server = server
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+async def _alerts(count: int) -> list[Alert]:
+    rule = seed_rule()
+    store = MemoryStore([rule])
+    detector = Detector([rule])
+    for i in range(count):
+        await store.apply(matches(detector, [row(device=f"d{i}", ticks=T0)]), T0 + i)
+    return await store.pending_alerts(100)
+
+
+@dataclass
+class SinkCase:
+    """One sink under test: how to make it, read what it delivered, and make it fail."""
+
+    sink: Sink
+    delivered: Callable[[], list[bytes]]
+    break_it: Callable[[], None]
+
+
+@pytest.fixture(params=["stdout", "jsonl", "webhook"])
+async def case(request: pytest.FixtureRequest, tmp_path: Path, receiver: Receiver) -> AsyncIterator[SinkCase]:
+    kind = request.param
+    if kind == "stdout":
+        stream = io.BytesIO()
+        sink: Sink = StdoutSink(stream)
+
+        def broken() -> None:
+            stream.close()
+
+        made = SinkCase(sink, lambda: stream.getvalue().splitlines(), broken)
+    elif kind == "jsonl":
+        path = tmp_path / "out" / "alerts.jsonl"
+        jsonl = JsonlSink(str(path))
+
+        def break_file() -> None:
+            assert jsonl._file is not None
+            jsonl._file.close()
+            jsonl._file = open(path, "rb")  # noqa: SIM115  (a read-only handle: writes fail)
+
+        made = SinkCase(jsonl, lambda: path.read_bytes().splitlines(), break_file)
+    else:
+        sink = WebhookSink(receiver.url, token="s3cr3t-token-value", retries=1, backoff_s=0.01, timeout_s=2)
+
+        def refuse() -> None:
+            receiver.fail_next = 100
+
+        made = SinkCase(sink, lambda: list(receiver.bodies), refuse)
+    await made.sink.open()
+    yield made
+    await made.sink.close()
+
+
+async def test_send_delivers_every_alert_in_order(case: SinkCase) -> None:
+    """Every alert arrives, in order, with exactly the outbox payload bytes."""
+    alerts = await _alerts(3)
+    await case.sink.send(alerts)
+    assert case.delivered() == [a.payload for a in alerts]
+
+
+async def test_resending_delivers_the_same_bytes(case: SinkCase) -> None:
+    """At-least-once: a re-send after a crash is the same document, for downstream dedup."""
+    alerts = await _alerts(1)
+    await case.sink.send(alerts)
+    await case.sink.send(alerts)
+    assert case.delivered() == [alerts[0].payload, alerts[0].payload]
+
+
+async def test_failure_raises_sink_error(case: SinkCase) -> None:
+    """A sink that cannot deliver raises SinkError, so the loop keeps the alerts in the outbox."""
+    alerts = await _alerts(1)
+    case.break_it()
+    with pytest.raises(SinkError):
+        await case.sink.send(alerts)
+
+
+async def test_webhook_retries_transient_failures(receiver: Receiver) -> None:
+    """A 503 then success: delivered once, with the idempotency key and the bearer token."""
+    receiver.fail_next = 1
+    sink = WebhookSink(receiver.url, token="s3cr3t-token-value", retries=3, backoff_s=0.01)
+    await sink.open()
+    alerts = await _alerts(1)
+    await sink.send(alerts)
+    await sink.close()
+    assert receiver.bodies == [alerts[0].payload]
+    headers = receiver.headers[0]
+    assert headers["Idempotency-Key"] == f"{alerts[0].alert_id}:0"
+    assert headers["Authorization"] == "Bearer s3cr3t-token-value"
+
+
+async def test_webhook_does_not_retry_a_client_error(receiver: Receiver) -> None:
+    """A 400 is permanent for that request: one attempt, then SinkError naming the status."""
+    receiver.fail_next = 5
+    receiver.status_when_failing = 400
+    sink = WebhookSink(receiver.url, retries=3, backoff_s=0.01)
+    await sink.open()
+    with pytest.raises(SinkError, match="HTTP 400"):
+        await sink.send(await _alerts(1))
+    await sink.close()
+    assert receiver.fail_next == 4
+
+
+async def test_webhook_gives_up_at_its_deadline() -> None:
+    """An unreachable endpoint fails within the deadline instead of holding the loop."""
+    sink = WebhookSink("http://127.0.0.1:9/alerts", retries=50, backoff_s=0.05, timeout_s=0.5, deadline_s=0.5)
+    await sink.open()
+    with pytest.raises(SinkError):
+        await asyncio.wait_for(sink.send(await _alerts(1)), timeout=10)
+    await sink.close()
+
+
+async def test_webhook_error_does_not_carry_the_token(receiver: Receiver) -> None:
+    """The bearer token never appears in an error message."""
+    receiver.fail_next = 10
+    sink = WebhookSink(receiver.url, token="s3cr3t-token-value", retries=0)
+    await sink.open()
+    with pytest.raises(SinkError) as error:
+        await sink.send(await _alerts(1))
+    await sink.close()
+    assert "s3cr3t" not in str(error.value)

@@ -1,0 +1,267 @@
+"""The service loop's commit order and failure handling, with in-process seam implementations.
+
+A list source and a recording sink implement the source and sink protocols (they are
+seams, not stand-ins for external services): the tests prove what the loop does with
+them: positions are committed only after state and delivery, a failing sink or store
+holds commits back without losing anything, bad input is counted and dead-lettered,
+metrics and health are served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import generate_latest
+
+from rmmwatch.alerts import Alert
+from rmmwatch.app import App
+from rmmwatch.events import Detector, Match
+from rmmwatch.metrics import Metrics
+from rmmwatch.rules import Rule
+from rmmwatch.sinks.base import SinkError
+from rmmwatch.sinks.deadletter import JsonlDeadLetters, LogOnlyDeadLetters
+from rmmwatch.sources.base import Batch
+from rmmwatch.stores.base import ApplyResult, StoreUnavailable
+from rmmwatch.stores.memory import MemoryStore
+from tests.helpers import T0, envelope, row, seed_rule
+
+RULE = seed_rule()
+
+
+class ListSource:
+    """Hands out pre-made batches; records commits."""
+
+    name = "list"
+
+    def __init__(self, batches: Sequence[Sequence[bytes]]) -> None:
+        self.batches = [list(b) for b in batches]
+        self.index = 0
+        self.commits: list[Any] = []
+        self.started = False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.index >= len(self.batches)
+
+    def ready(self) -> tuple[bool, str]:
+        return self.started, "list"
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def fetch(self, timeout_s: float) -> Batch | None:
+        if self.exhausted:
+            return None
+        messages = self.batches[self.index]
+        self.index += 1
+        index = self.index
+        return Batch(messages, index, lambda i: {"source": "list", "batch": index, "message": i})
+
+    async def commit(self, position: Any) -> None:
+        self.commits.append(position)
+
+    async def close(self) -> None:
+        self.started = False
+
+
+class RecordingSink:
+    """Keeps what it is sent; fails the first ``failures`` sends."""
+
+    name = "recording"
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.sent: list[Alert] = []
+
+    async def open(self) -> None:
+        return None
+
+    async def send(self, alerts: Sequence[Alert]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise SinkError("down")
+        self.sent.extend(alerts)
+
+    async def close(self) -> None:
+        return None
+
+
+class FlakyStore(MemoryStore):
+    """A memory store whose first ``failures`` applies fail as if the store were unreachable."""
+
+    def __init__(self, rules: Sequence[Rule], failures: int) -> None:
+        super().__init__(rules)
+        self.failures = failures
+
+    async def apply(self, matches: Sequence[Match], now: int) -> ApplyResult:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailable("connection refused")
+        return await super().apply(matches, now)
+
+
+def _app(source: ListSource, sink: RecordingSink, store: MemoryStore | None = None, **kw: Any) -> App:
+    return App(
+        rules=[RULE],
+        source=source,
+        store=store or MemoryStore([RULE]),
+        sinks=[sink],
+        dead_letters=kw.pop("dead_letters", LogOnlyDeadLetters()),
+        metrics=kw.pop("metrics", Metrics()),
+        detector=Detector([RULE]),
+        metrics_port=kw.pop("metrics_port", -1),
+        tick_interval_s=0.05,
+        clock=lambda: T0,
+        **kw,
+    )
+
+
+async def test_every_batch_is_committed_after_its_alerts_are_delivered() -> None:
+    """Three batches: alerts delivered, then each position committed, in order."""
+    source = ListSource([[envelope(row(device="a"))], [envelope(row(device="b"))], [b"{}"]])
+    sink = RecordingSink()
+    assert await asyncio.wait_for(_app(source, sink).run(), timeout=10) == 0
+    assert [a.document()["group"]["DeviceId"] for a in sink.sent] == ["a", "b"]
+    assert source.commits == [1, 2, 3]
+
+
+async def test_a_failing_sink_holds_commits_until_delivery() -> None:
+    """While the sink fails, nothing is committed; once it recovers, alerts arrive and commit follows."""
+    source = ListSource([[envelope(row(device="a"))]])
+    sink = RecordingSink(failures=2)
+    app = _app(source, sink)
+    app._delivery_backoff.first_s = 0.01  # keep the test fast
+    task = asyncio.create_task(app.run())
+    await asyncio.sleep(0.02)
+    assert source.commits == []
+    assert await asyncio.wait_for(task, timeout=10) == 0
+    assert [a.kind for a in sink.sent] == ["new"]
+    assert source.commits == [1]
+
+
+async def test_a_store_outage_is_retried_and_nothing_is_lost() -> None:
+    """apply fails twice: the batch is retried, not committed before it succeeds, and alerted once."""
+    source = ListSource([[envelope(row(device="a"))]])
+    sink = RecordingSink()
+    metrics = Metrics()
+    store = FlakyStore([RULE], failures=2)
+    app = _app(source, sink, store, metrics=metrics)
+    assert await asyncio.wait_for(app.run(), timeout=20) == 0
+    assert [a.kind for a in sink.sent] == ["new"]
+    assert source.commits == [1]
+    assert metrics.registry.get_sample_value("rmmwatch_store_errors_total", {"operation": "apply"}) == 2
+
+
+async def test_bad_input_is_counted_and_dead_lettered(tmp_path: Path) -> None:
+    """Undecodable input is counted by reason, written with its origin, and the batch goes on."""
+    path = tmp_path / "dead.jsonl"
+    metrics = Metrics()
+    source = ListSource([[b'{"records": "NetSupport"}', envelope(row(device="a"))]])
+    sink = RecordingSink()
+    app = _app(source, sink, dead_letters=JsonlDeadLetters(str(path)), metrics=metrics)
+    assert await asyncio.wait_for(app.run(), timeout=10) == 0
+    letters = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert [(x["reason"], x["origin"]["message"]) for x in letters] == [("records_not_list", 0)]
+    assert metrics.registry.get_sample_value("rmmwatch_decode_errors_total", {"reason": "records_not_list"}) == 1
+    assert len(sink.sent) == 1
+    assert source.commits == [1]
+
+
+async def test_metrics_count_the_hot_path() -> None:
+    """Messages, matches, exclusions and alerts are all metered per batch."""
+    metrics = Metrics()
+    excluded = row(device="b", command="client32.exe /report")
+    source = ListSource([[envelope(row(device="a"), excluded)]])
+    await asyncio.wait_for(_app(source, RecordingSink(), metrics=metrics).run(), timeout=10)
+    get = metrics.registry.get_sample_value
+    assert get("rmmwatch_messages_total", {"source": "list"}) == 1
+    assert get("rmmwatch_matches_total", {"rule": RULE.id}) == 2  # the seed rule has no exclusions
+    text = generate_latest(metrics.registry).decode()
+    assert 'rmmwatch_alerts_total{kind="new"' in text
+    assert "rmmwatch_event_to_alert_lag_seconds_bucket" in text
+
+
+async def test_exclusions_are_metered_per_name() -> None:
+    """An excluded event raises no alert and increments its exclusion's counter."""
+    from rmmwatch.rules import load_rules
+
+    bundled = load_rules()
+    metrics = Metrics()
+    source = ListSource([[envelope(row(device="b", command="client32.exe /report"))]])
+    sink = RecordingSink()
+    app = App(
+        rules=bundled,
+        source=source,
+        store=MemoryStore(bundled),
+        sinks=[sink],
+        dead_letters=LogOnlyDeadLetters(),
+        metrics=metrics,
+        detector=Detector(bundled),
+        metrics_port=-1,
+        clock=lambda: T0,
+    )
+    await asyncio.wait_for(app.run(), timeout=10)
+    assert sink.sent == []
+    labels = {"rule": bundled[0].id, "exclusion": "System monitoring and reporting"}
+    assert metrics.registry.get_sample_value("rmmwatch_excluded_total", labels) == 1
+
+
+async def test_health_and_metrics_are_served_while_running() -> None:
+    """/metrics, /healthz and /readyz answer over HTTP while the loop runs; /readyz fails while stopping."""
+
+    class Endless(ListSource):
+        @property
+        def exhausted(self) -> bool:
+            return False
+
+        async def fetch(self, timeout_s: float) -> Batch | None:
+            await asyncio.sleep(timeout_s)
+            return None
+
+    metrics = Metrics()
+    app = _app(Endless([]), RecordingSink(), metrics=metrics, metrics_port=0, metrics_host="127.0.0.1")
+    task = asyncio.create_task(app.run())
+    for _ in range(100):
+        if app.http is not None and app.http._server is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert app.http is not None
+    base = f"http://127.0.0.1:{app.http.port}"
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(base + path, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    await asyncio.sleep(0.1)
+    status, body = await asyncio.to_thread(get, "/metrics")
+    assert status == 200 and "rmmwatch_build_info" in body
+    assert (await asyncio.to_thread(get, "/healthz"))[0] == 200
+    assert (await asyncio.to_thread(get, "/readyz"))[0] == 200
+    assert (await asyncio.to_thread(get, "/nope"))[0] == 404
+    app.stop()
+    assert await asyncio.wait_for(task, timeout=10) == 0
+
+
+@pytest.mark.parametrize("pending", [1, 3])
+async def test_backpressure_stops_reading_while_alerts_wait(pending: int) -> None:
+    """With the sink down and max_pending_alerts reached, the loop stops taking batches."""
+    batches = [[envelope(row(device=f"d{i}"))] for i in range(6)]
+    source = ListSource(batches)
+    sink = RecordingSink(failures=10_000)
+    app = _app(source, sink, max_pending_alerts=pending)
+    task = asyncio.create_task(app.run())
+    await asyncio.sleep(0.5)
+    taken = source.index
+    app.stop()
+    await asyncio.wait_for(task, timeout=30)
+    assert taken == pending
+    assert source.commits == []

@@ -1,0 +1,441 @@
+"""``rmmwatch.kql.strings`` reproduces KQL's string operators exactly (DOMAIN.md section 3).
+
+It proves: every ``has`` example of the specification, the edges the documentation leaves
+open (term characters are Unicode letters and digits, combining marks delimit, a boundary is
+needed only where the needle's end is a term character), ``has_cs``, ``contains``,
+``startswith``, ``endswith`` and ``=~`` vectors; that ``fold`` is length-preserving for every
+code point and that ``NON_ASCII_FOLDING_TO_ASCII`` lists exactly the non-ASCII characters that
+fold to ASCII; and, with hypothesis, that ``has`` equals a reference written from the definition.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rmmwatch.kql import strings
+
+DOTTED_CAPITAL_I = "\u0130"  # İ: simple lowercase is "i", Python's str.lower gives "i\u0307"
+KELVIN = "\u212a"  # KELVIN SIGN: simple lowercase is ASCII "k"
+ACUTE = "\u0301"  # COMBINING ACUTE ACCENT: category Mn, neither letter nor digit
+CAPITAL_OMICRON = "\u039f"
+CAPITAL_DELTA = "\u0394"
+CAPITAL_SIGMA = "\u03a3"
+SMALL_OMICRON = "\u03bf"
+SMALL_DELTA = "\u03b4"
+SMALL_SIGMA = "\u03c3"
+ODOS_UPPER = CAPITAL_OMICRON + CAPITAL_DELTA + CAPITAL_OMICRON + CAPITAL_SIGMA  # "ΟΔΟΣ"
+ODOS_LOWER = SMALL_OMICRON + SMALL_DELTA + SMALL_OMICRON + SMALL_SIGMA  # "οδοσ", medial sigma
+
+
+def _case(haystack: str, needle: str, expected: bool) -> object:
+    """One vector as a readable pytest case: ``'hay' has 'needle' -> True``."""
+    return pytest.param(haystack, needle, expected, id=f"{haystack!r} ~ {needle!r} -> {expected}")
+
+
+# -- has -----------------------------------------------------------------------------------
+
+SPEC_HAS_VECTORS = [
+    _case("North America", "america", True),
+    _case("KustoExplorerQueryRun", "Explorer", False),
+    _case("NetSupport Ltd", "netsupport", True),
+    _case("NETSUPPORT LTD.", "netsupport", True),
+    _case("NetSupport-Ltd", "netsupport", True),
+    _case("netsupport_ltd", "netsupport", True),
+    _case("NetSupportLtd", "netsupport", False),
+    _case("MyNetSupport", "netsupport", False),
+    _case("NetSupport1", "netsupport", False),
+    _case("NetSupport\u00c4", "netsupport", False),
+    _case("xa b", "a ", False),
+    _case("a b", "a ", True),
+    _case("x ab y", " a", False),
+    _case("b .b-", " ", True),
+    _case("anything", "", True),
+]
+
+EDGE_HAS_VECTORS = [
+    # digits are term characters
+    _case("abc123", "abc", False),
+    _case("abc 123", "123", True),
+    _case("client32.exe", "client32", True),
+    _case("client32.exe", "client", False),
+    _case("v1.2.3", "2", True),
+    _case("x\u00b2", "x", False),  # superscript two is a number (No): part of the term
+    _case("x\u0663", "x", False),  # ARABIC-INDIC DIGIT THREE (Nd)
+    _case("x\u216b y", "x", False),  # ROMAN NUMERAL TWELVE (Nl)
+    # Unicode letters are term characters
+    _case("caf\u00e9 au lait", "cafe", False),
+    _case("caf\u00e9-bar", "caf\u00e9", True),
+    _case("caf\u00e9bar", "caf\u00e9", False),
+    _case("\u00c9COLE normale", "\u00e9cole", True),
+    _case("NetSupport\u00c4", "netsupport\u00e4", True),
+    # CJK ideographs are letters (Lo): a run of them is one term
+    _case("\u65e5\u672c\u8a9e", "\u65e5\u672c", False),
+    _case("\u65e5\u672c \u8a9e", "\u65e5\u672c", True),
+    _case("\u6771\u4eac-\u5927\u962a", "\u5927\u962a", True),
+    # combining marks are not letters, so they delimit terms
+    _case("cafe" + ACUTE, "cafe", True),
+    _case("e" + ACUTE + "x", "x", True),
+    _case("ab" + ACUTE + "c", "ab", True),
+    # other non-alphanumerics delimit: symbols, emoji, punctuation, controls
+    _case("a\u20acb", "b", True),
+    _case("x\U0001f600netsupport", "netsupport", True),
+    _case("tab\tnetsupport\n", "netsupport", True),
+    _case('"NetSupport"', "netsupport", True),
+    # simple case folding: U+0130 -> i and KELVIN SIGN -> k, both ways
+    _case(DOTTED_CAPITAL_I + "stanbul", "istanbul", True),
+    _case("ISTANBUL", DOTTED_CAPITAL_I + "stanbul", True),
+    _case(KELVIN + "elvin", "kelvin", True),
+    _case("KELVIN", KELVIN + "elvin", True),
+    _case("x" + DOTTED_CAPITAL_I, "i", False),  # still a letter: "xi" is one term
+    # empty haystack and needle longer than the haystack
+    _case("", "", True),
+    _case("", "x", False),
+    _case("", " ", False),
+    _case("net", "netsupport", False),
+    _case("netsupport", "netsupport ltd", False),
+    # only a later occurrence is at a boundary; occurrences overlap
+    _case("netsupportx netsupport", "netsupport", True),
+    _case("xnetsupport netsupportx", "netsupport", False),
+    _case("aaa aa", "aa", True),
+    _case("aaa", "aa", False),
+    # needles with delimiters inside or at one end
+    _case("NetSupport Ltd", "netsupport ltd", True),
+    _case("NetSupport  Ltd", "netsupport ltd", False),
+    _case("netsupport-ltd", "-ltd", True),
+    _case("netsupport-ltdx", "-ltd", False),
+    _case("a_b", "_", True),
+    _case("ab", "_", False),
+    _case("C:\\Program Files\\NetSupport\\client32.exe", "\\netsupport\\", True),
+]
+
+
+@pytest.mark.parametrize(("haystack", "needle", "expected"), SPEC_HAS_VECTORS + EDGE_HAS_VECTORS)
+def test_has(haystack: str, needle: str, expected: bool) -> None:
+    """``haystack has needle`` is a case-insensitive term match with KQL's boundary rule."""
+    assert strings.has(haystack, needle) is expected
+
+
+@pytest.mark.parametrize(("haystack", "needle", "expected"), SPEC_HAS_VECTORS + EDGE_HAS_VECTORS)
+def test_term_needle_is_has(haystack: str, needle: str, expected: bool) -> None:
+    """A prepared ``TermNeedle`` (what compiled rules use) answers like ``has``."""
+    assert strings.TermNeedle(needle, case_sensitive=False).found_in(haystack) is expected
+
+
+@pytest.mark.parametrize(
+    ("haystack", "needle", "expected"),
+    [
+        _case("NetSupport Ltd", "NetSupport", True),
+        _case("NetSupport Ltd", "netsupport", False),
+        _case("NETSUPPORT LTD.", "NETSUPPORT", True),
+        _case("NetSupportLtd", "NetSupport", False),
+        _case("netsupport_ltd", "netsupport", True),
+        _case(DOTTED_CAPITAL_I + "stanbul", "istanbul", False),
+        _case(KELVIN + "elvin", "kelvin", False),
+        _case(KELVIN + "elvin", KELVIN + "elvin", True),
+        _case("\u00c9cole", "\u00e9cole", False),
+        _case("xa b", "a ", False),
+        _case("a b", "a ", True),
+        _case("b .b-", " ", True),
+        _case("", "", True),
+    ],
+)
+def test_has_cs(haystack: str, needle: str, expected: bool) -> None:
+    """``has_cs`` is the same term match, but case-sensitive (no folding at all)."""
+    assert strings.has_cs(haystack, needle) is expected
+
+
+# -- contains, startswith, endswith, =~ ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("haystack", "needle", "expected"),
+    [
+        _case("KustoExplorerQueryRun", "explorer", True),
+        _case("NetSupportLtd", "NETSUPPORT", True),
+        _case("MyNetSupport", "netsupport", True),
+        _case("abc", "abcd", False),
+        _case("abc", "", True),
+        _case("", "", True),
+        _case("", "a", False),
+        _case(DOTTED_CAPITAL_I + "STANBUL", "ist", True),
+        _case("ISTANBUL", DOTTED_CAPITAL_I + "st", True),
+        _case(KELVIN + "ELVIN", "kel", True),
+        _case("\u00c9COLE", "\u00e9co", True),
+        _case("\u00c9COLE", "eco", False),
+        _case("stra\u00dfe", "STRASSE", False),  # simple folding: no ß -> ss expansion
+        _case("user_id=7", "_id", True),
+        _case("100%", "0%", True),
+    ],
+)
+def test_contains(haystack: str, needle: str, expected: bool) -> None:
+    """``contains`` is a case-insensitive substring test (never term-based)."""
+    assert strings.contains(haystack, needle) is expected
+
+
+@pytest.mark.parametrize(
+    ("haystack", "needle", "expected"),
+    [
+        _case("NetSupport Ltd", "netsup", True),
+        _case("NETSUPPORT", "netsupport", True),
+        _case("x NetSupport", "netsupport", False),
+        _case(" NetSupport", "netsupport", False),
+        _case("abc", "", True),
+        _case("", "", True),
+        _case("", "a", False),
+        _case("ab", "abc", False),
+        _case(DOTTED_CAPITAL_I + "stanbul", "is", True),
+        _case(KELVIN + "elvin", "K", True),
+    ],
+)
+def test_startswith(haystack: str, needle: str, expected: bool) -> None:
+    """``startswith`` is a case-insensitive prefix test (not term-based)."""
+    assert strings.startswith(haystack, needle) is expected
+
+
+@pytest.mark.parametrize(
+    ("haystack", "needle", "expected"),
+    [
+        _case("client32.exe", ".EXE", True),
+        _case("CLIENT32.EXE", "32.exe", True),
+        _case("exe.bak", "exe", False),
+        _case("abc", "", True),
+        _case("", "", True),
+        _case("", "a", False),
+        _case("bc", "abc", False),
+        _case("x" + DOTTED_CAPITAL_I, "i", True),
+        _case("WOR" + KELVIN, "ork", True),
+    ],
+)
+def test_endswith(haystack: str, needle: str, expected: bool) -> None:
+    """``endswith`` is a case-insensitive suffix test (not term-based)."""
+    assert strings.endswith(haystack, needle) is expected
+
+
+@pytest.mark.parametrize(
+    ("haystack", "needle", "expected"),
+    [
+        _case("SchTasks.exe", "schtasks.exe", True),
+        _case("gpupdate.exe", "GPUPDATE.EXE", True),
+        _case("a", "a ", False),
+        _case(" a", "a", False),
+        _case("", "", True),
+        _case("", " ", False),
+        _case(DOTTED_CAPITAL_I, "i", True),
+        _case(DOTTED_CAPITAL_I, "I", True),
+        _case(KELVIN, "k", True),
+        _case("\u00c4", "\u00e4", True),
+        _case("\u00c4", "a", False),
+        _case("\u00df", "ss", False),
+    ],
+)
+def test_equals_ci(haystack: str, needle: str, expected: bool) -> None:
+    """``=~`` compares simple-case-folded text for equality."""
+    assert strings.equals_ci(haystack, needle) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("NetSupport-Ltd_x 1.2", ["NetSupport", "Ltd", "x", "1", "2"], id="delimiters split terms"),
+        pytest.param("cafe\u0301x", ["cafe", "x"], id="a combining mark splits a term"),
+        pytest.param("  ", [], id="only delimiters: no term"),
+        pytest.param("", [], id="empty: no term"),
+        pytest.param("NetSupport\u00c4", ["NetSupport\u00c4"], id="a non-ASCII letter joins the term"),
+    ],
+)
+def test_terms(text: str, expected: list[str]) -> None:
+    """``terms`` yields the maximal runs of letters and digits, in order."""
+    assert list(strings.terms(text)) == expected
+
+
+# -- folding over every code point -------------------------------------------------------------
+
+
+@functools.cache
+def _fold_table() -> tuple[tuple[int, ...], dict[str, str]]:
+    """One pass over every code point: those whose fold is not one char, and non-ASCII -> ASCII folds."""
+    not_one_char: list[int] = []
+    to_ascii: dict[str, str] = {}
+    for code in range(0x110000):
+        char = chr(code)
+        folded = strings.fold(char)
+        if len(folded) != 1:
+            not_one_char.append(code)
+        elif code >= 0x80 and folded.isascii():
+            to_ascii[char] = folded
+    return tuple(not_one_char), to_ascii
+
+
+def test_fold_is_length_preserving_for_every_code_point() -> None:
+    """``fold`` maps every one of the 0x110000 code points to exactly one character."""
+    not_one_char, _ = _fold_table()
+    assert not_one_char == ()
+
+
+def test_non_ascii_folding_to_ascii_is_exact() -> None:
+    """``NON_ASCII_FOLDING_TO_ASCII`` is exactly the non-ASCII characters whose fold is ASCII."""
+    _, to_ascii = _fold_table()
+    assert to_ascii == strings.NON_ASCII_FOLDING_TO_ASCII
+    assert to_ascii == {DOTTED_CAPITAL_I: "i", KELVIN: "k"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(DOTTED_CAPITAL_I + "STANBUL", "istanbul", id="U+0130 folds to plain i"),
+        pytest.param("WOR" + KELVIN, "work", id="KELVIN SIGN folds to k"),
+        pytest.param("NETSUPPORT LTD.", "netsupport ltd.", id="ASCII fast path"),
+        pytest.param("\u00c9COLE", "\u00e9cole", id="Latin-1 letter"),
+        pytest.param(CAPITAL_SIGMA, SMALL_SIGMA, id="a lone capital sigma"),
+    ],
+)
+def test_fold(text: str, expected: str) -> None:
+    """``fold`` is the simple one-to-one lowercase mapping."""
+    assert strings.fold(text) == expected
+
+
+_FINAL_SIGMA_BUG = (
+    "BUG: strings.fold uses str.lower(), which applies Unicode's context-dependent Final_Sigma rule "
+    "(a capital sigma ending a word becomes U+03C2 final sigma), so fold is not the per-character simple "
+    "mapping its docstring promises; .NET ToLowerInvariant, RE2 (duckdb-kql) and DuckDB lower() all map "
+    "U+03A3 to U+03C3 everywhere"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=_FINAL_SIGMA_BUG)
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(ODOS_UPPER, id="word-final capital sigma"),
+        pytest.param(ODOS_UPPER + " " + CAPITAL_OMICRON, id="word-final capital sigma before a space"),
+    ],
+)
+def test_fold_is_per_character(text: str) -> None:
+    """Folding a text folds each character on its own: no context-dependent mapping."""
+    assert strings.fold(text) == "".join(strings.fold(char) for char in text)
+
+
+@pytest.mark.xfail(strict=True, reason=_FINAL_SIGMA_BUG)
+@pytest.mark.parametrize(
+    ("operator", "haystack", "needle"),
+    [
+        pytest.param("has", ODOS_UPPER + " " + CAPITAL_OMICRON, ODOS_LOWER, id="ODOS-greek has odos-greek"),
+        pytest.param("contains", ODOS_UPPER, SMALL_OMICRON + SMALL_SIGMA, id="ODOS-greek contains os-greek"),
+        pytest.param("endswith", ODOS_UPPER, SMALL_SIGMA, id="ODOS-greek endswith small sigma"),
+        pytest.param("equals_ci", ODOS_UPPER, ODOS_LOWER, id="ODOS-greek =~ odos-greek"),
+    ],
+)
+def test_final_capital_sigma_matches_small_sigma(operator: str, haystack: str, needle: str) -> None:
+    """A word-final capital sigma matches a small sigma case-insensitively, as anywhere else in a word."""
+    assert getattr(strings, operator)(haystack, needle) is True
+
+
+# -- has against a reference written from the definition ------------------------------------
+
+#: ASCII letters and digits, the delimiters ``_ - . space``, and the interesting non-ASCII:
+#: é and Ä (letters), İ and KELVIN SIGN (fold to ASCII), a combining mark (a delimiter).
+ALPHABET = ["a", "b", "A", "B", "i", "I", "k", "K", "1", "2", "_", "-", ".", " "]
+ALPHABET += ["\u00e9", "\u00c9", "\u00c4", "\u00e4", DOTTED_CAPITAL_I, KELVIN, ACUTE]
+
+texts = st.text(alphabet=st.sampled_from(ALPHABET), max_size=12)
+
+
+def _swap_case(text: str) -> str:
+    """Swap the case of each character that has a one-character opposite case (İ would become two)."""
+    return "".join(char.swapcase() if len(char.swapcase()) == 1 else char for char in text)
+
+
+@st.composite
+def haystack_and_needle(draw: st.DrawFn) -> tuple[str, str]:
+    """A haystack and a needle: random, or a slice of the haystack, possibly with its case swapped."""
+    haystack = draw(texts)
+    if haystack and draw(st.booleans()):
+        start = draw(st.integers(0, len(haystack) - 1))
+        end = draw(st.integers(start, len(haystack)))
+        needle = haystack[start:end]
+        if draw(st.booleans()):
+            needle = _swap_case(needle)
+    else:
+        needle = draw(st.text(alphabet=st.sampled_from(ALPHABET), max_size=4))
+    return haystack, needle
+
+
+def _reference_fold(text: str) -> str:
+    """Per-character simple lowercase: ``str.lower`` of one char, except U+0130 -> ``i``."""
+    return "".join("i" if char == DOTTED_CAPITAL_I else char.lower() for char in text)
+
+
+def _reference_is_term(char: str) -> bool:
+    return char.isalpha() or char.isnumeric()
+
+
+def _reference_has(haystack: str, needle: str, *, fold: bool) -> bool:
+    """The definition, scanned position by position: boundaries only where the needle's end is a term char."""
+    if fold:
+        haystack, needle = _reference_fold(haystack), _reference_fold(needle)
+    if not needle:
+        return True
+    size = len(needle)
+    for start in range(len(haystack) - size + 1):
+        end = start + size
+        if haystack[start:end] != needle:
+            continue
+        if _reference_is_term(needle[0]) and start > 0 and _reference_is_term(haystack[start - 1]):
+            continue
+        if _reference_is_term(needle[-1]) and end < len(haystack) and _reference_is_term(haystack[end]):
+            continue
+        return True
+    return False
+
+
+def _reference_terms(text: str) -> list[str]:
+    """Maximal runs of term characters."""
+    return ["".join(run) for is_term, run in itertools.groupby(text, _reference_is_term) if is_term]
+
+
+@settings(max_examples=600)
+@given(haystack_and_needle())
+def test_has_matches_the_reference(pair: tuple[str, str]) -> None:
+    """``has`` answers like a position-by-position scan of the definition on folded text."""
+    haystack, needle = pair
+    assert strings.has(haystack, needle) is _reference_has(haystack, needle, fold=True)
+
+
+@settings(max_examples=600)
+@given(haystack_and_needle())
+def test_has_cs_matches_the_reference(pair: tuple[str, str]) -> None:
+    """``has_cs`` answers like the same scan without folding."""
+    haystack, needle = pair
+    assert strings.has_cs(haystack, needle) is _reference_has(haystack, needle, fold=False)
+
+
+TERM_ALPHABET = [c for c in ALPHABET if _reference_is_term(c)]
+
+
+@st.composite
+def haystack_and_term(draw: st.DrawFn) -> tuple[str, str]:
+    """A haystack and a one-term needle: one of the haystack's terms (case swapped or not), or random."""
+    haystack = draw(texts)
+    present = _reference_terms(haystack)
+    if present and draw(st.booleans()):
+        needle = draw(st.sampled_from(present))
+        if draw(st.booleans()):
+            needle = _swap_case(needle)
+    else:
+        needle = draw(st.text(alphabet=st.sampled_from(TERM_ALPHABET), min_size=1, max_size=4))
+    return haystack, needle
+
+
+@settings(max_examples=600)
+@given(haystack_and_term())
+def test_has_of_a_single_term_is_term_membership(pair: tuple[str, str]) -> None:
+    """For a one-term needle, ``has`` is exactly "the folded needle is a term of the folded haystack"."""
+    haystack, needle = pair
+    folded = _reference_fold(needle)
+    assert _reference_terms(folded) == [folded]  # folding keeps a term one term
+    assert strings.has(haystack, needle) is (folded in _reference_terms(_reference_fold(haystack)))
