@@ -156,13 +156,23 @@ wait_for_port() {
 # read_pid PIDFILE: print the pid stored in PIDFILE (empty if none).
 read_pid() { if [[ -f "$1" ]]; then tr -dc '0-9' <"$1"; fi; }
 
+# proc_running PID: true if PID exists and is not a zombie (a service whose
+# parent shell is gone is reaped by PID 1, which may take a while).
+proc_running() {
+  kill -0 "$1" 2>/dev/null || return 1
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
+
 # pid_alive PIDFILE MARKER: true if the pid in PIDFILE is running and its
 # command line contains MARKER (guards against pid reuse).
 pid_alive() {
   local pid
   pid="$(read_pid "$1")"
   [[ -n "$pid" ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
+  proc_running "$pid" || return 1
   [[ -r "/proc/$pid/cmdline" ]] || return 0
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$2"
 }
@@ -182,7 +192,7 @@ spawn() {
   local i
   for ((i = 0; i < 100; i++)); do
     pid_alive "$pidfile" "$marker" && return 0
-    kill -0 "$pid" 2>/dev/null || return 0  # died: the caller's wait reports it
+    proc_running "$pid" || return 0  # died: the caller's wait reports it
     sleep 0.05
   done
   return 0
@@ -200,12 +210,12 @@ stop_pid() {
   log "stopping $name (pid $pid)"
   kill -TERM "$pid" 2>/dev/null || true
   local deadline=$((SECONDS + timeout))
-  while kill -0 "$pid" 2>/dev/null; do
+  while proc_running "$pid"; do
     if ((SECONDS >= deadline)); then
       log "$name did not exit within ${timeout}s after SIGTERM; sending SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
       local kdeadline=$((SECONDS + 10))
-      while kill -0 "$pid" 2>/dev/null; do
+      while proc_running "$pid"; do
         ((SECONDS < kdeadline)) || die "$name (pid $pid) survived SIGKILL"
         sleep 0.2
       done

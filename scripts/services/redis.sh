@@ -67,7 +67,7 @@ do_start() {
   ensure_redis
   check_port_free "$port" redis
   log "starting redis-server on $BIND_HOST:$port"
-  : >"$LOGFILE"
+  printf '== %s start\n' "$(date '+%F %T')" >>"$LOGFILE"
   # --ignore-warnings ARM64-COW-BUG only matters on arm64 kernels; harmless elsewhere.
   spawn "$PIDFILE" "$OUTFILE" "$MARKER" redis-server \
     --bind "$BIND_HOST" --port "$port" --protected-mode yes \

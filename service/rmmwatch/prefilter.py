@@ -90,38 +90,41 @@ def _always(raw: bytes) -> bool:
     return True
 
 
-def _patterns(pieces: tuple[str, ...]) -> tuple[list[bytes], bytes, list[bytes]]:
-    """Literal pieces, one regex for the ``\\uXXXX`` escapes that matter, raw UTF-8 sequences."""
+def _patterns(pieces: tuple[str, ...]) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """Literal pieces (caseless), escape prefixes and raw UTF-8 sequences (both exact).
+
+    An escape of an ASCII character of a piece, in either case, starts with ``\\u00`` and the
+    code's high hex digit (``\\u004e`` and ``\\u006e`` for n/N): searching those short prefixes
+    as plain literals over-approximates a little (any character of the same 16-code column)
+    and keeps the scan a literal scan, three times faster than an exact regular expression.
+    """
     chars = set("".join(pieces))
     codes: set[int] = set()
     for char in chars:
         codes.update({ord(char.lower()), ord(char.upper())})
-    escapes = {f"{code:04x}" for code in codes if code < 0x80}
+    escapes = {f"\\u00{code >> 4:x}".encode() for code in codes if code < 0x80}
     utf8: set[bytes] = set()
     for special, folded in NON_ASCII_FOLDING_TO_ASCII.items():
         if folded in chars:
-            escapes.add(f"{ord(special):04x}")
+            hex_code = f"{ord(special):04x}"
+            escapes.add(f"\\u{hex_code}".encode())
+            escapes.add(f"\\u{hex_code.upper()}".encode())
             utf8.add(special.encode())
-    # Case-sensitive "\\u" (JSON allows no "\\U", and "C:\\\\Users" must not hit), any-case hex.
-    alternatives = ("".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in e) for e in sorted(escapes))
-    escape_regex = rb"\\u(?:" + "|".join(alternatives).encode() + b")"
-    return [p.encode() for p in pieces], escape_regex, sorted(utf8)
+    return [p.encode() for p in pieces], sorted(escapes), sorted(utf8)
 
 
 def _hex_escape(data: bytes) -> str:
     return "".join(chr(b) if chr(b).isascii() and chr(b).isalnum() else f"\\x{b:02x}" for b in data)
 
 
-def _hyperscan_test(literals: list[bytes], escape_regex: bytes, utf8: list[bytes]) -> Callable[[bytes], bool] | None:
+def _hyperscan_test(literals: list[bytes], escapes: list[bytes], utf8: list[bytes]) -> Callable[[bytes], bool] | None:
     try:
         import hyperscan  # noqa: PLC0415  (optional accelerator)
     except ImportError:
         return None
-    expressions = [_hex_escape(p).encode() for p in literals] + [escape_regex]
-    expressions += [_hex_escape(p).encode() for p in utf8]
+    expressions = [_hex_escape(p).encode() for p in (*literals, *escapes, *utf8)]
     single = hyperscan.HS_FLAG_SINGLEMATCH
-    caseless = single | hyperscan.HS_FLAG_CASELESS
-    flags = [caseless] * len(literals) + [single] * (1 + len(utf8))
+    flags = [single | hyperscan.HS_FLAG_CASELESS] * len(literals) + [single] * (len(escapes) + len(utf8))
     database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     database.compile(expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions), flags=flags)
     database.scratch = hyperscan.Scratch(database)
@@ -142,19 +145,15 @@ def _hyperscan_test(literals: list[bytes], escape_regex: bytes, utf8: list[bytes
     return test
 
 
-def _python_test(literals: list[bytes], escape_regex: bytes, utf8: list[bytes]) -> Callable[[bytes], bool]:
-    # Searched in the lowercased message: JSON's "\u" is lowercase and the hex digits fold.
-    escape_search = re.compile(escape_regex).search
+def _python_test(literals: list[bytes], escapes: list[bytes], utf8: list[bytes]) -> Callable[[bytes], bool]:
+    exact = re.compile(b"|".join(re.escape(e) for e in (*escapes, *utf8))).search
     literal_list = tuple(literals)
-    utf8_list = tuple(utf8)
 
     def test(raw: bytes) -> bool:
         low = raw.lower()
         for literal in literal_list:
             if literal in low:
                 return True
-        if escape_search(raw) is not None:
-            return True
-        return any(seq in raw for seq in utf8_list)
+        return exact(raw) is not None
 
     return test

@@ -308,6 +308,26 @@ _CATALOG: tuple[tuple[str, str, str, str, str, str, tuple[str, ...], str], ...] 
     ),
 )
 
+#: Columns a compact record leaves out (session columns of 2024, unique ids, usually-null hashes).
+_COMPACT_DROPS = (
+    "SHA256",
+    "MD5",
+    "AccountObjectId",
+    "LogonId",
+    "ProcessTokenElevation",
+    "InitiatingProcessFolderPath",
+    "InitiatingProcessParentId",
+    "AppGuardContainerId",
+    "AdditionalFields",
+    "InitiatingProcessSessionId",
+    "CreatedProcessSessionId",
+    "IsInitiatingProcessRemoteSession",
+    "IsProcessRemoteSession",
+    "ProcessUniqueId",
+    "InitiatingProcessUniqueId",
+    "MachineGroup",
+)
+
 _DEPARTMENTS = ("fin", "hr", "eng", "ops", "sales", "legal", "it", "mkt", "exec", "sup")
 _KINDS = ("ws", "lt", "vdi", "srv")
 _FIRST = (
@@ -346,6 +366,7 @@ class GeneratorConfig:
     future_ratio: float = 0.0
     other_table_ratio: float = 0.0
     malformed_ratio: float = 0.0
+    compact: bool = False  # leave out the newer and usually-null columns: records of about 1.5 KB
     min_delay_s: float = 84.0
     max_delay_s: float = 402.0
     window_ticks: int = 5 * TICKS_PER_DAY
@@ -386,6 +407,10 @@ class Generator:
         self._report_id = rnd.randrange(10_000, 90_000)
         self._recent: list[dict[str, Any]] = []
         self._pool = [self._base_row(entry) for entry in _CATALOG for _ in range(64)]
+        if self.config.compact:
+            for base in self._pool:
+                for key in _COMPACT_DROPS:
+                    base.pop(key, None)
 
     # -- building blocks -------------------------------------------------------------------
     def _device(self, index: int) -> dict[str, str]:

@@ -100,7 +100,8 @@ DEFAULT_KEY_NAME: Final = "RootManageSharedAccessKey"
 DEFAULT_KEY: Final = "SAS_KEY_VALUE"
 DEFAULT_CONSUMER_GROUP: Final = "$Default"
 MAX_MESSAGE_SIZE: Final = 1024 * 1024
-"""Largest message a send link accepts (the Standard tier's 1 MB); the SDK sizes batches by it."""
+"""Largest message a send link accepts (the Standard tier's 1 MB): advertised as the link's
+max-message-size (the SDK sizes batches by it) and enforced by rejecting larger deliveries."""
 
 _CBS_NODE: Final = "$cbs"
 _MANAGEMENT_NODE: Final = "$management"
@@ -117,6 +118,7 @@ _NOT_FOUND: Final = "amqp:not-found"
 _UNAUTHORIZED: Final = "amqp:unauthorized-access"
 _INVALID_FIELD: Final = "amqp:invalid-field"
 _DECODE_ERROR: Final = "amqp:decode-error"
+_MESSAGE_SIZE_EXCEEDED: Final = "amqp:link:message-size-exceeded"
 
 _SEQUENCE_NUMBER: Final = symbol("x-opt-sequence-number")
 _OFFSET: Final = symbol("x-opt-offset")
@@ -139,13 +141,21 @@ class ReceiverInfo:
     next_sequence_number: int
 
 
-class _LinkRefused(Exception):
-    """An attach the service would refuse: the link is attached, then detached with this error."""
+class _Refusal(Exception):
+    """An AMQP error condition with its description, as the service words it."""
 
     def __init__(self, condition: str, description: str) -> None:
         super().__init__(f"{condition}: {description}")
         self.condition = condition
         self.description = description
+
+
+class _LinkRefused(_Refusal):
+    """An attach the service would refuse: the link is attached, then detached with this error."""
+
+
+class _Rejected(_Refusal):
+    """A published message the service would reject (``rejected`` outcome with this error)."""
 
 
 def _segments(address: str | None) -> list[str]:
@@ -317,9 +327,18 @@ class _PublishLink(_LinkHandler):
             return
         payload, message_format = received
         try:
-            events = parse_delivery(payload, message_format)
-        except (ValueError, ProtonException) as error:
-            delivery.local.condition = Condition(_DECODE_ERROR, f"cannot decode the message: {error}")
+            if len(payload) > MAX_MESSAGE_SIZE:
+                raise _Rejected(
+                    _MESSAGE_SIZE_EXCEEDED,
+                    f"The received message (size: {len(payload)} bytes) exceeds the limit "
+                    f"({MAX_MESSAGE_SIZE} bytes) currently allowed on the link.",
+                )
+            try:
+                events = parse_delivery(payload, message_format)
+            except (ValueError, ProtonException) as error:
+                raise _Rejected(_DECODE_ERROR, f"cannot decode the message: {error}") from None
+        except _Rejected as rejection:
+            delivery.local.condition = Condition(rejection.condition, rejection.description)
             delivery.update(Delivery.REJECTED)
         else:
             self._broker.publish(self.partition_id, events)

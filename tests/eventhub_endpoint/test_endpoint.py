@@ -30,8 +30,9 @@ from azure.eventhub import EventHubProducerClient as SyncProducerClient
 from azure.eventhub._buffered_producer._partition_resolver import generate_hash_code
 from azure.eventhub.aio import EventHubConsumerClient, EventHubProducerClient, PartitionContext
 from azure.eventhub.exceptions import AuthenticationError
+from proton import Message
 from proton.reactor import Selector
-from proton.utils import BlockingConnection, LinkDetached
+from proton.utils import BlockingConnection, LinkDetached, SendException
 
 from .server import EventHubEndpoint
 from .store import StoredEvent, partition_for_key, partition_key_hash
@@ -406,6 +407,22 @@ def test_refused_receive_links_carry_the_service_error(
         with pytest.raises(LinkDetached) as refused:
             connection.create_receiver(address, options=Selector(selector))
         assert refused.value.condition == condition
+
+
+def test_messages_over_the_link_limit_are_rejected() -> None:
+    """The SDK never sends more than the advertised 1 MB; a plain AMQP client that does is refused."""
+    with (
+        EventHubEndpoint(hub=HUB, partitions=1, verify_tokens=False) as server,
+        contextlib.closing(
+            BlockingConnection(f"amqp://127.0.0.1:{server.port}", timeout=STEP_TIMEOUT, allowed_mechs="ANONYMOUS")
+        ) as connection,
+    ):
+        sender = connection.create_sender(f"{HUB}/Partitions/0")
+        assert sender.link.remote_max_message_size == 1024 * 1024
+        with pytest.raises(SendException):
+            sender.send(Message(body=b"x" * (1024 * 1024 + 1), inferred=True))
+        sender.send(Message(body=b"small", inferred=True))
+        assert [e.body for e in server.partition_events("0")] == [b"small"]
 
 
 def test_sync_clients_work_too(endpoint: EventHubEndpoint) -> None:

@@ -132,8 +132,7 @@ class SqliteBackend:
 
     def all_active(self, rule_id: str, now: int) -> Iterable[tuple[list[Any], list[Any]]]:
         rows = self.db.execute(
-            "SELECT grp_values, contribution FROM events "
-            "WHERE rule_id = ? AND active_from <= ? AND active_until >= ?",
+            "SELECT grp_values, contribution FROM events WHERE rule_id = ? AND active_from <= ? AND active_until >= ?",
             (rule_id, now, now),
         )
         for grp_values, contribution in rows:

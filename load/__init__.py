@@ -1,0 +1,1 @@
+"""Load generation and benchmarks (run on purpose with `make bench*`; never part of the tests)."""
