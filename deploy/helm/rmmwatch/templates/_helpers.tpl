@@ -238,6 +238,9 @@ Included by the Deployment, so `helm template`, `helm lint` and `helm install` a
 {{- if not $kafka.groupId }}
 {{- fail "rmmwatch: source.type kafka needs source.kafka.groupId" }}
 {{- end }}
+{{- if and $v.keda.enabled $kafka.sasl.mechanism (not $v.keda.authenticationRef) }}
+{{- fail "rmmwatch: keda's Kafka trigger needs keda.authenticationRef (a TriggerAuthentication with the SASL credentials) when source.kafka.sasl.mechanism is set" }}
+{{- end }}
 {{- if and $v.keda.enabled (not $kafka.bootstrapServers) }}
 {{- fail "rmmwatch: keda's Kafka trigger needs source.kafka.bootstrapServers (it cannot read the Event Hubs connection string)" }}
 {{- end }}
@@ -254,12 +257,18 @@ Included by the Deployment, so `helm template`, `helm lint` and `helm install` a
 {{- if and (include "rmmwatch.multiReplica" .) (or (not $eh.checkpoint.container) (and (not $eh.checkpoint.accountUrl) (not $v.secrets.keys.eventHubCheckpointConnectionString))) }}
 {{- fail "rmmwatch: several Event Hubs replicas share partitions through the blob checkpoint store: set source.eventhub.checkpoint.container and checkpoint.accountUrl (Entra ID) or secrets.keys.eventHubCheckpointConnectionString" }}
 {{- end }}
-{{- if and $v.keda.enabled (not $v.keda.authenticationRef) (not $v.azureWorkloadIdentity.enabled) (not (and $v.secrets.keys.eventHubConnectionString $v.secrets.keys.eventHubCheckpointConnectionString)) }}
-{{- fail "rmmwatch: keda's azure-eventhub trigger needs keda.authenticationRef, azureWorkloadIdentity.enabled, or both secrets.keys.eventHubConnectionString and eventHubCheckpointConnectionString" }}
+{{- $kedaWorkloadIdentity := and $v.azureWorkloadIdentity.enabled $eh.fullyQualifiedNamespace $eh.checkpoint.accountUrl }}
+{{- $kedaSecrets := and $v.secrets.keys.eventHubConnectionString $v.secrets.keys.eventHubCheckpointConnectionString }}
+{{- if and $v.keda.enabled (not $v.keda.authenticationRef) (not $kedaWorkloadIdentity) (not $kedaSecrets) }}
+{{- fail "rmmwatch: keda's azure-eventhub trigger needs keda.authenticationRef, or workload identity (azureWorkloadIdentity.enabled with source.eventhub.fullyQualifiedNamespace and checkpoint.accountUrl), or both secrets.keys.eventHubConnectionString and eventHubCheckpointConnectionString" }}
 {{- end }}
 {{- if and $v.keda.enabled (not $eh.checkpoint.container) }}
 {{- fail "rmmwatch: keda's azure-eventhub trigger reads the blob checkpoints: set source.eventhub.checkpoint.container" }}
 {{- end }}
+{{- end }}
+{{- /* monitoring */}}
+{{- if and $v.serviceMonitor.enabled (not $v.service.enabled) }}
+{{- fail "rmmwatch: serviceMonitor.enabled needs service.enabled (the ServiceMonitor scrapes the metrics Service)" }}
 {{- end }}
 {{- /* secrets */}}
 {{- if and (ne (include "rmmwatch.secretEnv" .) "{}") (not $v.secrets.existingSecret) }}
@@ -300,4 +309,10 @@ Included by the Deployment, so `helm template`, `helm lint` and `helm install` a
 {{- else }}
 {{- int .Values.terminationGracePeriodSeconds }}
 {{- end }}
+{{- end }}
+
+{{/* A mapping value: " {}" on the same line when empty, else indented YAML on the next lines.
+Usage: key:{{ include "rmmwatch.mapping" (dict "value" .Values.x "indent" 12) }} */}}
+{{- define "rmmwatch.mapping" -}}
+{{- if .value }}{{ toYaml .value | nindent .indent }}{{ else }} {}{{ end }}
 {{- end }}
