@@ -109,13 +109,15 @@ do_start() {
   (cd "$WORKSPACE" && spawn "$PIDFILE" "$LOGFILE" "$MARKER" node "$AZ_MAIN" \
     --blobHost "$BIND_HOST" --blobPort "$PORT_BLOB" --inMemoryPersistence \
     --skipApiVersionCheck --loose --disableTelemetry "${extra[@]}")
+  guard_start "$NAME" "$PIDFILE" "$MARKER" "$STOP_TIMEOUT"
   local deadline=$((SECONDS + START_TIMEOUT))
   wait_for_port "$PORT_BLOB" "$START_TIMEOUT" "$PIDFILE" "$MARKER" "$LOGFILE"
   until http_ok "$PORT_BLOB"; do
     is_running || { show_log_tail "$LOGFILE"; die "azurite exited during startup"; }
-    ((SECONDS < deadline)) || { show_log_tail "$LOGFILE"; stop_pid "$NAME" "$PIDFILE" "$MARKER" "$STOP_TIMEOUT"; die "no HTTP answer from $BIND_HOST:$PORT_BLOB after ${START_TIMEOUT}s"; }
+    ((SECONDS < deadline)) || { show_log_tail "$LOGFILE"; die "no HTTP answer from $BIND_HOST:$PORT_BLOB after ${START_TIMEOUT}s"; }
     sleep 0.2
   done
+  start_ok
   write_azurite_env
   log "ready in $((SECONDS - t0))s: http://$BIND_HOST:$PORT_BLOB/$ACCOUNT (pid $(read_pid "$PIDFILE"))"
   print_env "$NAME"

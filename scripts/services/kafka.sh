@@ -278,6 +278,7 @@ do_start() {
   mapfile -d '' cmd < <(java_cmd kafka.Kafka "$CONF")
   printf '== %s broker start\n' "$(date '+%F %T')" >>"$OUTFILE"
   spawn "$PIDFILE" "$OUTFILE" "$MARKER" "${cmd[@]}"
+  guard_start "$NAME" "$PIDFILE" "$MARKER" "$STOP_TIMEOUT"
 
   # The timeout counts from the JVM launch (a first-time jar fetch has its own).
   local deadline=$((SECONDS + START_TIMEOUT))
@@ -292,12 +293,11 @@ do_start() {
     if ((SECONDS >= deadline)); then
       show_log_tail "$LOGFILE"
       log "last probe error: $PROBE_ERR"
-      log "stopping the half-started broker"
-      stop_pid "$NAME" "$PIDFILE" "$MARKER" "$STOP_TIMEOUT" || true
       die "broker did not serve within ${START_TIMEOUT}s"
     fi
     sleep 0.5
   done
+  start_ok
   write_kafka_env
   log "ready in $((SECONDS - t0))s (pid $(read_pid "$PIDFILE"))"
   print_env "$NAME"

@@ -198,6 +198,26 @@ spawn() {
   return 0
 }
 
+# guard_start NAME PIDFILE MARKER STOP_TIMEOUT_S: from now until start_ok,
+# if the script exits with an error (a timeout, a failed readiness check, ^C),
+# the process it spawned is stopped: no half-started service is left behind.
+guard_start() {
+  _guard=("$@")
+  trap '_guard_exit' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+_guard_exit() {
+  local rc=$?
+  trap - EXIT
+  if ((rc != 0)) && pid_alive "${_guard[1]}" "${_guard[2]}"; then
+    log "start failed: stopping the half-started ${_guard[0]}"
+    (stop_pid "${_guard[@]}") || true
+  fi
+  exit "$rc"
+}
+start_ok() { trap - EXIT INT TERM; }
+
 # stop_pid NAME PIDFILE MARKER TIMEOUT_S: SIGTERM, wait, then SIGKILL.
 stop_pid() {
   local name=$1 pidfile=$2 marker=$3 timeout=$4 pid

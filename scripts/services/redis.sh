@@ -74,6 +74,7 @@ do_start() {
     --save '' --appendonly no --daemonize no \
     --dir "$SERVICES_DIR" --dbfilename "$NAME-unused.rdb" \
     --logfile "$LOGFILE" --loglevel notice
+  guard_start "$NAME" "$PIDFILE" "$MARKER" "$STOP_TIMEOUT"
   wait_for_port "$port" "$START_TIMEOUT" "$PIDFILE" "$MARKER" "$LOGFILE"
   local deadline=$((SECONDS + START_TIMEOUT))
   until redis_ping "$port"; do
@@ -81,6 +82,7 @@ do_start() {
     ((SECONDS < deadline)) || { show_log_tail "$LOGFILE"; die "no PONG from $BIND_HOST:$port after ${START_TIMEOUT}s"; }
     sleep 0.2
   done
+  start_ok
   write_env "$NAME" "RMMWATCH_TEST_REDIS_URL=redis://$BIND_HOST:$port/0"
   log "ready: redis://$BIND_HOST:$port/0 (pid $(read_pid "$PIDFILE"))"
   print_env "$NAME"
