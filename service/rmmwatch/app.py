@@ -30,7 +30,7 @@ from rmmwatch.metrics import Metrics
 from rmmwatch.rules import Rule
 from rmmwatch.sinks.base import Sink, SinkError
 from rmmwatch.sinks.deadletter import DeadLetter, DeadLetterSink
-from rmmwatch.sources.base import Batch, Source
+from rmmwatch.sources.base import Batch, Source, SourceUnavailable
 from rmmwatch.stores.base import ApplyResult, Store, StoreUnavailable
 
 log = get_logger("rmmwatch.app")
@@ -140,7 +140,11 @@ class App:
         if self.http is not None:
             await self.http.start()
         try:
-            await self._open()
+            try:
+                await self._open()
+            except (SourceUnavailable, SinkError) as exc:
+                log.error("cannot_start", error=str(exc))
+                return 1
             if self._stopping.is_set():
                 return 0
             await self._deliver(force=True)
@@ -228,9 +232,11 @@ class App:
                 await self._deliver()
                 await self._commit_if_delivered()
             if self._pending_alerts >= self.max_pending_alerts:
-                # Backpressure: sinks are behind; stop reading until they catch up.
-                await self._sleep(min(self.tick_interval_s, max(0.05, self._next_delivery - time.monotonic())))
-                continue
+                # Backpressure: sinks are behind. The source is paused (fetch keeps a Kafka
+                # membership alive and returns nothing) until the outbox drains.
+                self.source.pause()
+            else:
+                self.source.resume()
             timeout = max(0.0, min(self.tick_interval_s, self._last_tick + self.tick_interval_s - time.monotonic()))
             batch = await self.source.fetch(timeout)
             if batch is None:
@@ -351,7 +357,11 @@ class App:
     async def _commit_if_delivered(self) -> None:
         if not self._has_uncommitted or self._pending_alerts:
             return
-        await self.source.commit(self._uncommitted)
+        try:
+            await self.source.commit(self._uncommitted)
+        except SourceUnavailable as exc:
+            log.warning("commit_failed", error=str(exc))
+            return  # kept: the next delivered batch commits a later position that covers it
         self._has_uncommitted = False
         self.metrics.commits.inc()
 

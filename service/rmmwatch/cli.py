@@ -187,19 +187,15 @@ async def _run(config: RunConfig) -> int:
     from rmmwatch.stores.base import StoreLocked  # noqa: PLC0415
 
     rules = load_rules(config.rule or None, exclusions=not config.no_exclusions)
+    metrics = Metrics()
     try:
         app = App(
             rules=rules,
-            source=open_source(config),
+            source=open_source(config, metrics),
             store=open_store(config.store_url(), rules, sqlite_synchronous=config.sqlite_synchronous),
-            sinks=open_sinks(
-                config.sinks,
-                webhook_token_env=config.webhook_token_env,
-                webhook_timeout_s=config.webhook_timeout,
-                webhook_retries=config.webhook_retries,
-            ),
-            dead_letters=open_dead_letters(config.dead_letter),
-            metrics=Metrics(),
+            sinks=open_sinks(config),
+            dead_letters=open_dead_letters(config),
+            metrics=metrics,
             detector=Detector(rules, max_message_bytes=config.max_message_bytes, prefilter_engine=config.prefilter),
             tick_interval_s=config.tick_interval,
             max_pending_alerts=config.max_pending_alerts,

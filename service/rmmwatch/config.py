@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rmmwatch.logging import redactor
+
 
 class ConfigError(ValueError):
     """An option value that cannot be used (named, never echoing secrets)."""
@@ -110,6 +112,71 @@ RUN_OPTIONS: tuple[Option, ...] = (
         float,
         group="synthetic",
     ),
+    # kafka
+    Option("--kafka-bootstrap-servers", "Kafka bootstrap servers, host:port[,host:port]", group="kafka"),
+    Option(
+        "--kafka-topics",
+        "topics to consume; repeatable (with the Event Hubs preset: the hub's name)",
+        repeat=True,
+        group="kafka",
+    ),
+    Option(
+        "--kafka-group-id",
+        "consumer group (Event Hubs: a Kafka consumer group, not an Event Hubs one)",
+        "rmmwatch",
+        group="kafka",
+    ),
+    Option(
+        "--kafka-start", "where a new group starts: earliest, latest, or an ISO 8601 time", "earliest", group="kafka"
+    ),
+    Option("--kafka-client-id", "client id sent to the brokers", "rmmwatch", group="kafka"),
+    Option(
+        "--kafka-security-protocol",
+        "PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL",
+        "PLAINTEXT",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        group="kafka",
+    ),
+    Option(
+        "--kafka-sasl-mechanism",
+        "PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512 | OAUTHBEARER",
+        "PLAIN",
+        choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"),
+        group="kafka",
+    ),
+    Option("--kafka-sasl-username", "SASL username", group="kafka"),
+    Option("--kafka-sasl-password", "SASL password (or RMMWATCH_KAFKA_SASL_PASSWORD_FILE)", secret=True, group="kafka"),
+    Option(
+        "--kafka-oauth-token-provider",
+        "OAUTHBEARER: module:callable returning an aiokafka token provider",
+        group="kafka",
+    ),
+    Option("--kafka-ssl-ca-file", "PEM file of the CA(s) to trust (default: the system's)", group="kafka"),
+    Option("--kafka-ssl-cert-file", "PEM client certificate (mutual TLS)", group="kafka"),
+    Option("--kafka-ssl-key-file", "PEM client key (mutual TLS)", group="kafka"),
+    Option(
+        "--kafka-ssl-check-hostname",
+        "verify the broker's host name against its certificate",
+        True,
+        _bool,
+        group="kafka",
+    ),
+    Option("--kafka-session-timeout-ms", "consumer group session timeout", 10_000, int, group="kafka"),
+    Option(
+        "--kafka-rebalance-wait",
+        "seconds a revoked partition waits for its in-flight batch to commit",
+        20.0,
+        float,
+        group="kafka",
+    ),
+    Option(
+        "--eventhubs-connection-string",
+        "Event Hubs Kafka endpoint preset: derives <namespace>.servicebus.windows.net:9093, SASL_SSL, PLAIN, "
+        "$ConnectionString and Microsoft's recommended timeouts (or RMMWATCH_EVENTHUBS_CONNECTION_STRING_FILE)",
+        secret=True,
+        group="kafka",
+    ),
+    Option("--dead-letter-topic", "shorthand for --dead-letter kafka:TOPIC", group="kafka"),
     # state
     Option(
         "--store",
@@ -231,6 +298,13 @@ def resolve(
             raw = environ[option.env]
             given = [v.strip() for v in raw.split(",") if v.strip()] if option.repeat else raw
             source = option.env
+        elif given is None and option.secret and f"{option.env}_FILE" in environ:
+            source = f"{option.env}_FILE"
+            try:
+                with open(environ[source], encoding="utf-8") as handle:
+                    given = handle.read().strip()
+            except OSError as exc:
+                raise ConfigError(f"{source}: cannot read the file: {exc.strerror or exc}") from None
         if given is None:
             values[option.dest] = [] if option.repeat and option.default is None else option.default
             continue
@@ -244,6 +318,8 @@ def resolve(
             raise ConfigError(f"{source}: cannot use {shown}") from None
         if option.choices and value not in option.choices:
             raise ConfigError(f"{source}: must be one of {', '.join(option.choices)}")
+        if option.secret:
+            redactor.register(value)
         values[option.dest] = value
     return values
 
@@ -264,6 +340,24 @@ class RunConfig:
     synthetic_seed: int = 1
     synthetic_devices: int = 2000
     synthetic_netsupport_ratio: float = 0.002
+    kafka_bootstrap_servers: str | None = None
+    kafka_topics: list[str] = field(default_factory=list)
+    kafka_group_id: str = "rmmwatch"
+    kafka_start: str = "earliest"
+    kafka_client_id: str = "rmmwatch"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = field(default=None, repr=False)
+    kafka_oauth_token_provider: str | None = None
+    kafka_ssl_ca_file: str | None = None
+    kafka_ssl_cert_file: str | None = None
+    kafka_ssl_key_file: str | None = None
+    kafka_ssl_check_hostname: bool = True
+    kafka_session_timeout_ms: int = 10_000
+    kafka_rebalance_wait: float = 20.0
+    eventhubs_connection_string: str | None = field(default=None, repr=False)
+    dead_letter_topic: str | None = None
     store: str = "sqlite"
     data_dir: str = "./data"
     sqlite_synchronous: str = "full"
@@ -305,6 +399,10 @@ class RunConfig:
             raise ConfigError("--max-pending-alerts must be at least 1")
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError("--metrics-port must be -1 (off), 0 (any) or a port number")
+        if self.dead_letter_topic:
+            if self.dead_letter not in ("log", f"kafka:{self.dead_letter_topic}"):
+                raise ConfigError("give either --dead-letter or --dead-letter-topic, not both")
+            self.dead_letter = f"kafka:{self.dead_letter_topic}"
 
     @property
     def sinks(self) -> list[str]:

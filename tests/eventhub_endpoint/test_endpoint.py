@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -118,7 +118,7 @@ class Receiving:
 
 
 @contextlib.asynccontextmanager
-async def receiving(client: EventHubConsumerClient, **receive_kwargs: Any) -> Any:
+async def receiving(client: EventHubConsumerClient, **receive_kwargs: Any) -> AsyncIterator[Receiving]:
     """``async with receiving(client, ...) as r:`` — a :class:`Receiving` closed on exit."""
     receiver = Receiving(client, **receive_kwargs)
     try:
@@ -194,6 +194,7 @@ async def test_producer_batches_reach_partitions_and_consumer_reads_all_partitio
     assert received.bodies("0") == [f"p0-{n}" for n in range(5)]
     assert received.bodies("1") == [f"p1-{n}" for n in range(5)] + ["p1-single"]
     for pid, event in received.events:
+        assert event.sequence_number is not None
         original = stored[pid][event.sequence_number]
         assert event.offset == str(original.offset)
         assert event.enqueued_time == original.enqueued_time
@@ -266,7 +267,7 @@ async def test_starting_positions(endpoint: EventHubEndpoint) -> None:
         "per-partition dict": ({"starting_position": {"0": 3}}, [4]),
     }
 
-    async def run(kwargs: dict[str, Any], expected: list[int]) -> list[int]:
+    async def run(kwargs: dict[str, Any], expected: list[int]) -> list[int | None]:
         async with receiving(consumer(endpoint), partition_id="0", **kwargs) as received:
             await received.wait_for(len(expected))
             await asyncio.sleep(0.2)  # nothing beyond the expected events may follow
@@ -437,25 +438,21 @@ def test_sync_clients_work_too(endpoint: EventHubEndpoint) -> None:
 
 def test_command_line_runs_until_sigterm() -> None:
     repo_root = Path(__file__).resolve().parents[2]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.eventhub_endpoint", "--port", "0", "--hub", "cli", "--partitions", "3"],
-        cwd=repo_root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    try:
-        assert process.stdout is not None
-        readable, _, _ = select.select([process.stdout], [], [], STEP_TIMEOUT)
-        assert readable, "the endpoint did not print its connection string"
-        connection_string = process.stdout.readline().strip()
-        assert connection_string.endswith("UseDevelopmentEmulator=true;EntityPath=cli")
-        with SyncConsumerClient.from_connection_string(connection_string, consumer_group="$Default") as client:
-            assert client.get_partition_ids() == ["0", "1", "2"]
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=STEP_TIMEOUT) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    command = [sys.executable, "-m", "tests.eventhub_endpoint", "--port", "0", "--hub", "cli", "--partitions", "3"]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with subprocess.Popen(
+        command, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=environment
+    ) as process:
+        try:
+            assert process.stdout is not None
+            readable, _, _ = select.select([process.stdout], [], [], STEP_TIMEOUT)
+            assert readable, "the endpoint did not print its connection string"
+            connection_string = process.stdout.readline().strip()
+            assert connection_string.endswith("UseDevelopmentEmulator=true;EntityPath=cli")
+            with SyncConsumerClient.from_connection_string(connection_string, consumer_group="$Default") as client:
+                assert client.get_partition_ids() == ["0", "1", "2"]
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=STEP_TIMEOUT) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()

@@ -44,6 +44,7 @@ class ListSource:
         self.index = 0
         self.commits: list[Any] = []
         self.started = False
+        self.paused = False
 
     @property
     def exhausted(self) -> bool:
@@ -55,7 +56,16 @@ class ListSource:
     async def start(self) -> None:
         self.started = True
 
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
     async def fetch(self, timeout_s: float) -> Batch | None:
+        if self.paused:
+            await asyncio.sleep(timeout_s)
+            return None
         if self.exhausted:
             return None
         messages = self.batches[self.index]

@@ -476,8 +476,8 @@ def test_required_strings(predicate: str, required: set[str] | None) -> None:
 
 def test_required_combines_successive_wheres() -> None:
     """Successive wheres are a conjunction: the more selective requirement is kept."""
-    assert where('FileName has "x"', 'AccountName has "longer"').required == {"longer"}
-    assert where('FileName has "x"', "ProcessId > 5").required == {"x"}
+    assert where('FileName has "x"', 'AccountName has "longer"').required == frozenset({"longer"})
+    assert where('FileName has "x"', "ProcessId > 5").required == frozenset({"x"})
 
 
 #: Words that make the predicates above true or false, and delimiters between them.

@@ -83,7 +83,7 @@ def test_seed_query_compiles_to_window_group_aggregates_and_prefilter() -> None:
         ("Count", "count", None),
     ]
     assert query.aggregates[2].size == MAKE_SET_MAX
-    assert query.required == {"netsupport"}
+    assert query.required == frozenset({"netsupport"})
     assert query.condition_texts == ("ProcessVersionInfoCompanyName has 'netsupport'",)
     assert query.output_columns() == ("DeviceId", "DeviceName", "FirstSeen", "LastSeen", "Report", "Count")
     assert query.condition_columns == {"ProcessVersionInfoCompanyName"}

@@ -422,7 +422,7 @@ def haystack_and_term(draw: st.DrawFn) -> tuple[str, str]:
     """A haystack and a one-term needle: one of the haystack's terms (case swapped or not), or random."""
     haystack = draw(texts)
     present = _reference_terms(haystack)
-    if present and draw(st.booleans()):
+    if bool(present) and draw(st.booleans()):
         needle = draw(st.sampled_from(present))
         if draw(st.booleans()):
             needle = _swap_case(needle)

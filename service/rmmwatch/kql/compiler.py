@@ -406,7 +406,7 @@ class _Compiler:
         name = left.name
         needle: str = right.value
         negated = op.startswith("!")
-        base = op.lstrip("!")
+        base = "=~" if op == "!~" else op.lstrip("!")
         test = _string_test(base, needle)
 
         if negated:
@@ -792,10 +792,21 @@ def _compile(query: Query, text: str) -> CompiledQuery:
         required=required,
         group_by=tuple(group_by),
         group_by_types=tuple(group_by_types),
-        constants={k: v.value for k, v in scope.constants.items()},
+        constants=_constants(scope),
         aggregates=aggregates,
         _evaluate=evaluate,
     )
+
+
+def _constants(scope: _Scope) -> dict[str, Any]:
+    """Constant columns a row may read: ``extend`` literals and scalar ``let`` bindings."""
+    out: dict[str, Any] = {
+        name: value.value
+        for name, value in scope.lets.items()
+        if isinstance(value, Const) and value.type in ("string", "long", "real", "bool")
+    }
+    out.update((name, value.value) for name, value in scope.constants.items())
+    return out
 
 
 def _all_of(predicates: Sequence[Predicate]) -> Predicate:

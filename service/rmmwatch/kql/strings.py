@@ -2,10 +2,11 @@
 
 Case-insensitive operators compare *simple-case-folded* text: each character is mapped
 to its one-character lowercase form (Unicode simple case mapping, as .NET and RE2 do).
-Python's ``str.lower`` uses the full mapping, which differs in exactly one code point:
-U+0130 (LATIN CAPITAL LETTER I WITH DOT ABOVE) becomes ``"i\u0307"`` (two characters)
-instead of ``"i"``. :func:`fold` fixes that, so folding never changes a string's length
-and term boundaries computed on folded text are the boundaries of the original.
+Python's ``str.lower`` uses the full mapping and one context rule, which differ in two
+places: U+0130 (LATIN CAPITAL LETTER I WITH DOT ABOVE) becomes ``"i\u0307"`` (two
+characters) instead of ``"i"``, and a word-final capital sigma becomes the final sigma.
+:func:`fold` fixes both, so folding is per character, never changes a string's length, and
+term boundaries computed on folded text are the boundaries of the original.
 
 ``has`` is a *term* match (learn.microsoft.com/kusto/query/datatypes-string-operators).
 A term is a maximal run of Unicode letters and digits (``\\pL\\pN``); every other
@@ -20,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 _DOTTED_CAPITAL_I = "\u0130"
+_CAPITAL_SIGMA = "\u03a3"
 
 #: Non-ASCII characters whose simple lowercase is ASCII. The byte prefilter, which folds
 #: ASCII only, must treat their presence as "cannot vouch". Verified over every code
@@ -28,11 +30,18 @@ NON_ASCII_FOLDING_TO_ASCII: dict[str, str] = {"\u0130": "i", "\u212a": "k"}
 
 
 def fold(text: str) -> str:
-    """Simple (1:1) lowercase mapping: length-preserving case folding."""
+    """Simple (1:1, per character) lowercase mapping: length-preserving case folding.
+
+    ``str.lower`` departs from the per-character simple mapping in exactly two places: U+0130
+    (full mapping to two characters) and the capital sigma, which it lowers to the final
+    sigma U+03C2 at the end of a word (a context rule). Both are mapped first.
+    """
     if text.isascii():
         return text.lower()
     if _DOTTED_CAPITAL_I in text:
         text = text.replace(_DOTTED_CAPITAL_I, "i")
+    if _CAPITAL_SIGMA in text:
+        text = text.replace(_CAPITAL_SIGMA, "\u03c3")
     return text.lower()
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 
 from rmmwatch.config import RunConfig
+from rmmwatch.metrics import Metrics
 from rmmwatch.sources.base import Source
 from rmmwatch.synthetic import GeneratorConfig
 
 
-def open_source(config: RunConfig) -> Source:
+def open_source(config: RunConfig, metrics: Metrics | None = None) -> Source:
     """The source named by ``config.source``."""
     spec = config.source
     if spec == "synthetic":
@@ -34,6 +35,21 @@ def open_source(config: RunConfig) -> Source:
         if checkpoint is None and path != "-" and config.store != "memory":
             checkpoint = os.path.join(config.data_dir, "file-offset.json")
         return FileSource(path, follow=config.follow, checkpoint=checkpoint, max_messages=config.batch_max_messages)
-    if spec in ("kafka", "eventhub"):
-        raise ValueError(f"the {spec} source is not available in this build yet")
+    if spec == "kafka":
+        from rmmwatch.kafka_client import settings_from_config  # noqa: PLC0415
+        from rmmwatch.sources.kafka import KafkaSource  # noqa: PLC0415
+
+        settings = settings_from_config(config)
+        topics = config.kafka_topics or ([settings.default_topic] if settings.default_topic else [])
+        return KafkaSource(
+            settings,
+            topics,
+            group_id=config.kafka_group_id,
+            start=config.kafka_start,
+            max_messages=config.batch_max_messages,
+            rebalance_wait_s=config.kafka_rebalance_wait,
+            metrics=metrics,
+        )
+    if spec == "eventhub":
+        raise ValueError("the eventhub source is not available in this build yet")
     raise ValueError(f"unknown source {spec!r}: use synthetic, stdin, file:PATH, kafka or eventhub")

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 
+class SourceUnavailable(Exception):
+    """The source cannot be reached (at start: fatal, with the reason; at commit: retried)."""
+
+
 @dataclass(slots=True)
 class Batch:
     """Raw messages, the position after them, and a way to say where message ``i`` came from."""
@@ -41,6 +45,12 @@ class Source(Protocol):
 
     def ready(self) -> tuple[bool, str]:
         """Readiness and a short reason."""
+
+    def pause(self) -> None:
+        """Stop delivering messages (backpressure); ``fetch`` keeps the connection alive and returns None."""
+
+    def resume(self) -> None:
+        """Deliver messages again."""
 
     async def close(self) -> None:
         """Leave the group, close connections (idempotent)."""

@@ -54,6 +54,7 @@ class FileSource:
         self._whole = False
         self._committed: int | None = None
         self._stdin_read: asyncio.Task[bytes] | None = None
+        self._paused = False
 
     @property
     def exhausted(self) -> bool:
@@ -119,7 +120,16 @@ class FileSource:
         self._buffer = whole
         self._whole = True
 
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
     async def fetch(self, timeout_s: float) -> Batch | None:
+        if self._paused:
+            await asyncio.sleep(min(timeout_s, 0.1))
+            return None
         if self._file is None or self._done:
             return None
         if self._whole:

@@ -29,6 +29,7 @@ class SyntheticSource:
         self._produced = 0
         self._started_at = 0.0
         self._running = False
+        self._paused = False
 
     @property
     def exhausted(self) -> bool:
@@ -41,7 +42,16 @@ class SyntheticSource:
         self._started_at = asyncio.get_running_loop().time()
         self._running = True
 
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
     async def fetch(self, timeout_s: float) -> Batch | None:
+        if self._paused:
+            await asyncio.sleep(min(timeout_s, 0.1))
+            return None
         if self.exhausted:
             return None
         loop = asyncio.get_running_loop()

@@ -312,7 +312,7 @@ Included by the Deployment, so `helm template`, `helm lint` and `helm install` a
 {{- end }}
 
 {{/* A mapping value: " {}" on the same line when empty, else indented YAML on the next lines.
-Usage: key:{{ include "rmmwatch.mapping" (dict "value" .Values.x "indent" 12) }} */}}
+Usage: key:{{ include "rmmwatch.mapping" (dict "value" $selector "indent" 12) }} */}}
 {{- define "rmmwatch.mapping" -}}
 {{- if .value }}{{ toYaml .value | nindent .indent }}{{ else }} {}{{ end }}
 {{- end }}

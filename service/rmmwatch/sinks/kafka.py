@@ -1,0 +1,133 @@
+"""Alerts to a Kafka topic, and dead letters to a Kafka topic.
+
+Alerts: key = the group's DeviceId (so one device's alerts stay ordered on one partition),
+value = the JSON payload, headers ``rmmwatch-rule-id``, ``rmmwatch-alert-kind``,
+``rmmwatch-alert-id``, ``rmmwatch-revision``; ``acks=all``, and ``send`` returns only when
+the brokers confirmed every record (then the outbox marks them sent).
+
+Dead letters: the original bytes, with headers ``rmmwatch-reason``, ``rmmwatch-detail``,
+``rmmwatch-record`` and the origin (``rmmwatch-source-topic``, ``-partition``, ``-offset``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from rmmwatch.alerts import Alert
+from rmmwatch.kafka_client import KafkaSettings, describe_error
+from rmmwatch.sinks.base import SinkError
+from rmmwatch.sinks.deadletter import DeadLetter
+
+
+class _Producer:
+    """An acks=all producer that reports failures as SinkError."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, what: str) -> None:
+        if not topic:
+            raise ValueError(f"the kafka {what} needs a topic: kafka:TOPIC")
+        self.settings = settings
+        self.topic = topic
+        self.what = what
+        self._producer: AIOKafkaProducer | None = None
+
+    async def open(self) -> None:
+        producer = AIOKafkaProducer(acks="all", linger_ms=5, **self.settings.client_options())
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            with suppress(Exception):
+                await producer.stop()
+            raise SinkError(f"kafka {self.what}: cannot connect: {describe_error(exc)}") from None
+        self._producer = producer
+
+    async def produce(self, records: Sequence[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> None:
+        producer = self._producer
+        if producer is None:
+            raise SinkError(f"kafka {self.what} is not open")
+        try:
+            futures = [
+                await producer.send(self.topic, value=value, key=key, headers=headers)
+                for key, value, headers in records
+            ]
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise SinkError(f"kafka {self.what} {self.topic}: {describe_error(exc)}") from None
+
+    async def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with suppress(Exception):
+                await producer.stop()
+
+
+class KafkaSink:
+    """Alerts to ``topic``."""
+
+    name = "kafka"
+
+    def __init__(self, settings: KafkaSettings, topic: str) -> None:
+        self._producer = _Producer(settings, topic, "sink")
+
+    async def open(self) -> None:
+        await self._producer.open()
+
+    async def send(self, alerts: Sequence[Alert]) -> None:
+        records = []
+        for alert in alerts:
+            group: dict[str, Any] = orjson.loads(alert.payload).get("group", {})
+            device = group.get("DeviceId")
+            key = str(device).encode() if device is not None else alert.group_key.encode()
+            headers = [
+                ("rmmwatch-rule-id", alert.rule_id.encode()),
+                ("rmmwatch-alert-kind", alert.kind.encode()),
+                ("rmmwatch-alert-id", alert.alert_id.encode()),
+                ("rmmwatch-revision", str(alert.revision).encode()),
+            ]
+            records.append((key, alert.payload, headers))
+        await self._producer.produce(records)
+
+    async def close(self) -> None:
+        await self._producer.close()
+
+
+class KafkaDeadLetters:
+    """Undecodable messages to ``topic``, with the reason and origin as headers."""
+
+    name = "kafka"
+
+    def __init__(self, settings: KafkaSettings, topic: str) -> None:
+        self._producer = _Producer(settings, topic, "dead-letter topic")
+
+    async def open(self) -> None:
+        await self._producer.open()
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        records = []
+        for letter in letters:
+            headers = [
+                ("rmmwatch-reason", letter.reason.encode()),
+                ("rmmwatch-detail", letter.detail.encode()[:1000]),
+            ]
+            if letter.record is not None:
+                headers.append(("rmmwatch-record", str(letter.record).encode()))
+            origin = letter.origin
+            if origin.get("source") == "kafka":
+                headers += [
+                    ("rmmwatch-source-topic", str(origin["topic"]).encode()),
+                    ("rmmwatch-source-partition", str(origin["partition"]).encode()),
+                    ("rmmwatch-source-offset", str(origin["offset"]).encode()),
+                ]
+            else:
+                headers.append(("rmmwatch-origin", orjson.dumps(origin)))
+            records.append((None, letter.payload, headers))
+        await self._producer.produce(records)
+
+    async def close(self) -> None:
+        await self._producer.close()
