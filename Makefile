@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt | sha1
 SERVICES := scripts/services/all.sh
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-unit lint format bench bench-core services-start services-stop clean lock
+.PHONY: help install run test test-unit lint lint-python lint-deploy format bench bench-core bench-kafka services-start services-stop clean lock
 
 help:  ## show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -28,10 +28,16 @@ run: $(STAMP)  ## the detector on the built-in synthetic stream: SQLite state in
 	$(BIN)/rmmwatch run --source synthetic --store sqlite --data-dir ./data --sink stdout \
 	  --metrics-port $${RMMWATCH_METRICS_PORT:-9464} --log-format console
 
-lint: $(STAMP)  ## ruff (lint + format check) and mypy --strict on service/
-	$(BIN)/ruff check service tests load
-	$(BIN)/ruff format --check service tests load
+lint: lint-python lint-deploy  ## everything below
+
+lint-python: $(STAMP)  ## ruff (lint + format check) and mypy --strict on service/
+	$(BIN)/ruff check service tests load scripts
+	$(BIN)/ruff format --check service tests load scripts
 	$(BIN)/mypy
+
+lint-deploy: $(STAMP)  ## hadolint + a replay of the image's steps; helm lint/template, kube-score, yamllint
+	PATH="$$(scripts/tools/install.sh | tail -n 1):$$PATH" scripts/check_dockerfile.sh
+	PATH="$$(scripts/tools/install.sh | tail -n 1):$$PATH" scripts/check_chart.sh
 
 format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix service tests load
@@ -49,7 +55,12 @@ test: $(STAMP) lint  ## lint, start the real services on 127.0.0.1, run every te
 bench-core: $(STAMP)  ## decode+match hot path on one core (records/s, MB/s)
 	$(BIN)/python -m load.bench_core
 
-bench: bench-core  ## every benchmark
+bench-kafka: $(STAMP)  ## rmmwatch vs a bare aiokafka consumer on the real broker (starts and stops the services)
+	@trap '$(SERVICES) stop >/dev/null 2>&1 || true' EXIT; \
+	  $(SERVICES) start; set -a; source .services/env; set +a; \
+	  $(BIN)/python -m load.bench_kafka
+
+bench: bench-core bench-kafka  ## every benchmark
 
 services-start:  ## start Kafka, Redis and Azurite on 127.0.0.1 (env in .services/env)
 	$(SERVICES) start

@@ -88,9 +88,8 @@ class Detector:
             return 0.0
         total = 0.0
         for line in text.splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                if labels in line:
-                    total += float(line.rsplit(" ", 1)[1])
+            if (line.startswith((name + "{", name + " "))) and labels in line:
+                total += float(line.rsplit(" ", 1)[1])
         return total
 
     def ready(self) -> bool:
@@ -170,8 +169,7 @@ def rmmwatch(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 def kafka_script(*args: str) -> None:
     """Drive scripts/services/kafka.sh (stop/start/restart) for fault tests."""
-    subprocess.run([str(REPO / "scripts/services/kafka.sh"), *args], check=True, timeout=180,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([str(REPO / "scripts/services/kafka.sh"), *args], check=True, timeout=180, stdout=subprocess.DEVNULL)
 
 
 def sequence_args(values: Sequence[str]) -> list[str]:

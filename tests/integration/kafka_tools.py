@@ -37,8 +37,9 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
 
 async def produce(bootstrap: str, topic: str, values: Sequence[bytes], partitions: int, **options: Any) -> None:
     """Spread ``values`` round-robin over the partitions, acks=all."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=4_000_000,
-                                **options)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=4_000_000, **options
+    )
     await producer.start()
     try:
         futures = [await producer.send(topic, value, partition=i % partitions) for i, value in enumerate(values)]
@@ -49,8 +50,9 @@ async def produce(bootstrap: str, topic: str, values: Sequence[bytes], partition
 
 async def read_all(bootstrap: str, topic: str, expect_at_least: int = 0, timeout_s: float = 30) -> list[Any]:
     """Every record of ``topic`` from the beginning (waiting for ``expect_at_least``)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     records: list[Any] = []
     try:

@@ -68,8 +68,9 @@ def _consumed_everything(detector: object, total: int) -> bool:
     )
 
 
-def test_end_to_end_alerts_and_state_equal_hunt(kafka_bootstrap: str, topic_name: str, tmp_path: Path,
-                                                detectors: DetectorFactory) -> None:
+def test_end_to_end_alerts_and_state_equal_hunt(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
+) -> None:
     """Alerts on the alerts topic and the final state equal hunt on the same events."""
     stream = tmp_path / "stream.ndjson"
     messages = _generate(stream, 1500, seed=31, duplicate=0.01)
@@ -95,16 +96,17 @@ def test_end_to_end_alerts_and_state_equal_hunt(kafka_bootstrap: str, topic_name
     assert len({orjson.loads(r.value)["alert_id"] for r in news}) == len(news)
 
 
-def test_kill_nine_at_random_points_loses_nothing(kafka_bootstrap: str, topic_name: str, tmp_path: Path,
-                                                  detectors: DetectorFactory) -> None:
+def test_kill_nine_at_random_points_loses_nothing(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
+) -> None:
     """At least ten kill -9s while consuming, restarted each time: state == hunt, every alert delivered once+."""
     stream = tmp_path / "stream.ndjson"
-    messages = _generate(stream, 4000, seed=41, duplicate=0.01)
+    messages = _generate(stream, 8000, seed=41, duplicate=0.01)
     asyncio.run(create_topic(kafka_bootstrap, topic_name, PARTITIONS))
     asyncio.run(produce(kafka_bootstrap, topic_name, messages, PARTITIONS))
     data = tmp_path / "state"
     alerts = tmp_path / "alerts.jsonl"
-    args = _detector_args(kafka_bootstrap, topic_name, data, "--sink", f"jsonl:{alerts}", "--batch-max-messages", "25",
+    args = _detector_args(kafka_bootstrap, topic_name, data, "--sink", f"jsonl:{alerts}", "--batch-max-messages", "10",
                           "--log-level", "warning")  # fmt: skip
     group = f"g-{topic_name}"
     rng = random.Random(7)
@@ -113,10 +115,12 @@ def test_kill_nine_at_random_points_loses_nothing(kafka_bootstrap: str, topic_na
     while kills < 10:
         detector = detectors(*args)
         before = asyncio.run(committed_total(kafka_bootstrap, group, topic_name, PARTITIONS))
-        target = before + rng.randint(len(messages) // 40, len(messages) // 16)
+        target = before + rng.randint(len(messages) // 100, len(messages) // 50)
         wait_until(
-            lambda: asyncio.run(committed_total(kafka_bootstrap, group, topic_name, PARTITIONS)) >= target
-            or detector.process.poll() is not None,
+            lambda target=target, detector=detector: (
+                asyncio.run(committed_total(kafka_bootstrap, group, topic_name, PARTITIONS)) >= target
+                or detector.process.poll() is not None
+            ),
             120,
             "progress before the next kill",
             interval_s=0.05,
@@ -147,8 +151,9 @@ def test_kill_nine_at_random_points_loses_nothing(kafka_bootstrap: str, topic_na
     assert all(len(v) == 1 for v in ids.values()), "one alert_id per episode"
 
 
-def test_broker_restart_is_survived(kafka_bootstrap: str, topic_name: str, tmp_path: Path,
-                                    detectors: DetectorFactory) -> None:
+def test_broker_restart_is_survived(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
+) -> None:
     """Kafka stops mid-stream: readiness goes false; it comes back: the detector resumes, nothing lost."""
     stream = tmp_path / "stream.ndjson"
     messages = _generate(stream, 1200, seed=51)
@@ -172,8 +177,9 @@ def test_broker_restart_is_survived(kafka_bootstrap: str, topic_name: str, tmp_p
     assert expected and state == expected
 
 
-def test_poison_messages_are_dead_lettered_and_skipped(kafka_bootstrap: str, topic_name: str, tmp_path: Path,
-                                                       detectors: DetectorFactory) -> None:
+def test_poison_messages_are_dead_lettered_and_skipped(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
+) -> None:
     """Malformed messages between good ones go to the dead-letter topic with their origin; progress continues."""
     stream = tmp_path / "stream.ndjson"
     good = _generate(stream, 400, seed=61)
@@ -212,8 +218,9 @@ def test_poison_messages_are_dead_lettered_and_skipped(kafka_bootstrap: str, top
     assert state == expected
 
 
-def test_eventhubs_preset_over_sasl_ssl(kafka_bootstrap: str, topic_name: str, tmp_path: Path,
-                                        detectors: DetectorFactory) -> None:
+def test_eventhubs_preset_over_sasl_ssl(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
+) -> None:
     """The Event Hubs preset (SASL_SSL, PLAIN, $ConnectionString) connects to the SASL listener and consumes."""
     sasl = service_env("RMMWATCH_TEST_KAFKA_SASL_BOOTSTRAP")
     connection = service_env("RMMWATCH_TEST_EVENTHUBS_CONNECTION_STRING")
@@ -266,8 +273,9 @@ def rmmwatch_env(args: list[str], env: dict[str, str]) -> object:
 
 
 @pytest.mark.parametrize("start", ["latest", "time"])
-def test_new_group_starting_position(kafka_bootstrap: str, topic_name: str, tmp_path: Path,
-                                     detectors: DetectorFactory, start: str) -> None:
+def test_new_group_starting_position(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory, start: str
+) -> None:
     """--kafka-start latest skips what is there; a time skips what came before it."""
     stream = tmp_path / "stream.ndjson"
     messages = _generate(stream, 200, seed=81, netsupport=0.05)

@@ -101,7 +101,9 @@ def test_registered_secrets_are_redacted_from_structured_logs() -> None:
     stream = io.StringIO()
     configure("info", "json", stream)
     redactor.register("plain-secret-value-42")
-    get_logger("test").warning("boom", error="failed with plain-secret-value-42", nested={"x": ["plain-secret-value-42"]})
+    get_logger("test").warning(
+        "boom", error="failed with plain-secret-value-42", nested={"x": ["plain-secret-value-42"]}
+    )
     line = orjson.loads(stream.getvalue().splitlines()[-1])
     assert "plain-secret-value-42" not in stream.getvalue()
     assert line["event"] == "boom"
@@ -115,4 +117,3 @@ def test_rate_limiter_counts_what_it_suppresses() -> None:
     assert [allowed for allowed, _ in results] == [True, True, False, False, False]
     assert results[-1] == (False, 3)
     assert limiter.allow("other") == (True, 0)
-

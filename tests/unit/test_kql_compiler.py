@@ -216,11 +216,6 @@ def test_a_none_string_is_treated_as_empty() -> None:
     assert where('FileName == ""').matches({"FileName": None}) is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: '!~' is refused at compile time with an AssertionError (compiler.string_operator strips '!' "
-    "and _string_test has no '~' case), so no rule can say 'FileName !~ \"x\"'",
-)
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -401,11 +396,6 @@ def test_extend_constant_is_a_group_value() -> None:
     assert query.contribution(event(DeviceId="d")) == ("rmm",)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a let-bound scalar is accepted after 'by' and in aggregates, but group_key/contribution "
-    "read it from the event (None) instead of the let's value; KQL (and duckdb-kql) give 'rmm'",
-)
 def test_let_scalar_after_by_is_its_value_or_refused() -> None:
     """``let Tag = 'rmm'; ... by Tag`` groups under 'rmm' (or the compiler refuses it): never a silent null."""
     text = f"let Tag = 'rmm';\n{TABLE} | summarize make_set(Tag) by Tag, DeviceId"

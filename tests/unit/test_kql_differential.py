@@ -19,7 +19,7 @@ tick (100 ns) precision is proved separately in test_kql_compiler.py and test_kq
 Known divergences are pinned explicitly, never filtered silently: U+0130 under the
 case-insensitive term operators (the ``has``/``!has`` and list sweeps leave U+0130 out for that
 reason; the other sweeps keep it; see ``test_dotted_capital_i_under_has_is_a_known_divergence``),
-and a word-final capital sigma (an rmmwatch bug, xfail).
+and a word-final capital sigma (fixed: fold maps it per character).
 """
 
 from __future__ import annotations
@@ -244,11 +244,6 @@ ODOS_UPPER = "\u039f\u0394\u039f\u03a3"  # capital omicron, delta, omicron, sigm
 ODOS_LOWER = "\u03bf\u03b4\u03bf\u03c3"  # the same in small letters, with a medial sigma
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: strings.fold uses str.lower(), whose Final_Sigma rule lowers a word-final capital sigma to "
-    "U+03C2, so rmmwatch says false where duckdb-kql (and per-character simple lowercase) say true",
-)
 @pytest.mark.parametrize(
     "predicate",
     [
@@ -322,7 +317,6 @@ def null_reference() -> dict[str, list[bool]]:
         *NULL_PREDICATES,
         pytest.param(
             NOT_EQUALS_CI,
-            marks=pytest.mark.xfail(strict=True, reason="BUG: '!~' does not compile (AssertionError in the compiler)"),
         ),
     ],
 )

@@ -235,11 +235,6 @@ def test_where_construct_compiles(predicate: str, condition_texts: tuple[str, ..
     assert where(predicate).condition_texts == condition_texts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: compiler.string_operator turns '!~' into base '~' (op.lstrip('!')), and _string_test "
-    "raises AssertionError('~'): a rule using !~ fails to load with an AssertionError, not a KqlError",
-)
 def test_not_equals_ci_compiles() -> None:
     """``!~`` (case-insensitive inequality, DOMAIN.md section 3) compiles like its ``=~`` counterpart."""
     assert where('FileName !~ "x"').condition_texts == ("FileName !~ 'x'",)

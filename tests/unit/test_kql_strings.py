@@ -299,15 +299,6 @@ def test_fold(text: str, expected: str) -> None:
     assert strings.fold(text) == expected
 
 
-_FINAL_SIGMA_BUG = (
-    "BUG: strings.fold uses str.lower(), which applies Unicode's context-dependent Final_Sigma rule "
-    "(a capital sigma ending a word becomes U+03C2 final sigma), so fold is not the per-character simple "
-    "mapping its docstring promises; .NET ToLowerInvariant, RE2 (duckdb-kql) and DuckDB lower() all map "
-    "U+03A3 to U+03C3 everywhere"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_FINAL_SIGMA_BUG)
 @pytest.mark.parametrize(
     "text",
     [
@@ -320,7 +311,6 @@ def test_fold_is_per_character(text: str) -> None:
     assert strings.fold(text) == "".join(strings.fold(char) for char in text)
 
 
-@pytest.mark.xfail(strict=True, reason=_FINAL_SIGMA_BUG)
 @pytest.mark.parametrize(
     ("operator", "haystack", "needle"),
     [

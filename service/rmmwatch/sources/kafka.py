@@ -118,9 +118,12 @@ class KafkaSource:
             **options,
         )
         consumer.subscribe(self.topics, listener=_Listener(self))
+        # Set before start(): the first assignment (and its listener, which seeks) can run inside it.
+        self._consumer = consumer
         try:
             await consumer.start()
         except KafkaError as exc:
+            self._consumer = None
             with suppress(Exception):
                 await consumer.stop()
             raise SourceUnavailable(
@@ -133,7 +136,6 @@ class KafkaSource:
                 )
                 + f"): {describe_error(exc)}"
             ) from None
-        self._consumer = consumer
         self._brokers_ok = True
         self._probe = asyncio.create_task(self._probe_loop(), name="rmmwatch-kafka-probe")
         log.info("kafka_started", topics=self.topics, group=self.group_id, bootstrap=self.settings.bootstrap_servers)
