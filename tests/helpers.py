@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,20 @@ def seed_rule(rule_id: str | None = None) -> Rule:
 
 def ndjson(rows: Sequence[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(r) + b"\n" for r in rows)
+
+
+def service_env(name: str) -> str:
+    """A real service's address from the environment, or a test FAILURE saying how to start it.
+
+    Never a skip: a run without its services must not pass by accident.
+    """
+    import pytest
+
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(
+            f"{name} is not set: start the test services (scripts/services/all.sh start; "
+            "set -a; source .services/env) or run `make test`",
+            pytrace=False,
+        )
+    return value

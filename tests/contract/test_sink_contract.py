@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,7 +24,7 @@ from rmmwatch.sinks.base import Sink, SinkError
 from rmmwatch.sinks.stream import JsonlSink, StdoutSink
 from rmmwatch.sinks.webhook import WebhookSink
 from rmmwatch.stores.memory import MemoryStore
-from tests.helpers import T0, matches, row, seed_rule
+from tests.helpers import T0, matches, row, seed_rule, service_env
 
 
 @dataclass
@@ -85,11 +86,11 @@ class SinkCase:
     """One sink under test: how to make it, read what it delivered, and make it fail."""
 
     sink: Sink
-    delivered: Callable[[], list[bytes]]
+    delivered: Callable[[], Awaitable[list[bytes]]]
     break_it: Callable[[], None]
 
 
-@pytest.fixture(params=["stdout", "jsonl", "webhook"])
+@pytest.fixture(params=["stdout", "jsonl", "webhook", pytest.param("kafka", marks=pytest.mark.integration)])
 async def case(request: pytest.FixtureRequest, tmp_path: Path, receiver: Receiver) -> AsyncIterator[SinkCase]:
     kind = request.param
     if kind == "stdout":
@@ -99,7 +100,10 @@ async def case(request: pytest.FixtureRequest, tmp_path: Path, receiver: Receive
         def broken() -> None:
             stream.close()
 
-        made = SinkCase(sink, lambda: stream.getvalue().splitlines(), broken)
+        async def lines() -> list[bytes]:
+            return stream.getvalue().splitlines()
+
+        made = SinkCase(sink, lines, broken)
     elif kind == "jsonl":
         path = tmp_path / "out" / "alerts.jsonl"
         jsonl = JsonlSink(str(path))
@@ -109,14 +113,38 @@ async def case(request: pytest.FixtureRequest, tmp_path: Path, receiver: Receive
             jsonl._file.close()
             jsonl._file = open(path, "rb")  # noqa: SIM115  (a read-only handle: writes fail)
 
-        made = SinkCase(jsonl, lambda: path.read_bytes().splitlines(), break_file)
-    else:
+        async def file_lines() -> list[bytes]:
+            return path.read_bytes().splitlines()
+
+        made = SinkCase(jsonl, file_lines, break_file)
+    elif kind == "webhook":
         sink = WebhookSink(receiver.url, token="s3cr3t-token-value", retries=1, backoff_s=0.01, timeout_s=2)
 
         def refuse() -> None:
             receiver.fail_next = 100
 
-        made = SinkCase(sink, lambda: list(receiver.bodies), refuse)
+        async def bodies() -> list[bytes]:
+            return list(receiver.bodies)
+
+        made = SinkCase(sink, bodies, refuse)
+    else:
+        from rmmwatch.kafka_client import KafkaSettings
+        from rmmwatch.sinks.kafka import KafkaSink
+        from tests.integration.kafka_tools import create_topic, read_all
+
+        bootstrap = service_env("RMMWATCH_TEST_KAFKA_BOOTSTRAP")
+        topic = f"sink-{uuid.uuid4().hex[:10]}"
+        await create_topic(bootstrap, topic, 1)
+        kafka = KafkaSink(KafkaSettings(bootstrap_servers=bootstrap), topic)
+
+        async def consumed() -> list[bytes]:
+            return [r.value for r in await read_all(bootstrap, topic, timeout_s=5)]
+
+        def close_producer() -> None:
+            # The producer gone: the sink must raise SinkError, not crash or drop.
+            kafka._producer._producer = None
+
+        made = SinkCase(kafka, consumed, close_producer)
     await made.sink.open()
     yield made
     await made.sink.close()
@@ -126,7 +154,7 @@ async def test_send_delivers_every_alert_in_order(case: SinkCase) -> None:
     """Every alert arrives, in order, with exactly the outbox payload bytes."""
     alerts = await _alerts(3)
     await case.sink.send(alerts)
-    assert case.delivered() == [a.payload for a in alerts]
+    assert await case.delivered() == [a.payload for a in alerts]
 
 
 async def test_resending_delivers_the_same_bytes(case: SinkCase) -> None:
@@ -134,7 +162,7 @@ async def test_resending_delivers_the_same_bytes(case: SinkCase) -> None:
     alerts = await _alerts(1)
     await case.sink.send(alerts)
     await case.sink.send(alerts)
-    assert case.delivered() == [alerts[0].payload, alerts[0].payload]
+    assert await case.delivered() == [alerts[0].payload, alerts[0].payload]
 
 
 async def test_failure_raises_sink_error(case: SinkCase) -> None:

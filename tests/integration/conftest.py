@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import service_env
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,18 +34,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
-
-
-def service_env(name: str) -> str:
-    """The value of a service's address variable, or a test failure saying how to start it."""
-    value = os.environ.get(name)
-    if not value:
-        pytest.fail(
-            f"{name} is not set: start the test services (scripts/services/all.sh start; "
-            "set -a; source .services/env) or run `make test`",
-            pytrace=False,
-        )
-    return value
 
 
 @pytest.fixture

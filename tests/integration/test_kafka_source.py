@@ -1,0 +1,162 @@
+"""The source contract for the Kafka source on a real broker, and its rebalance behaviour.
+
+Same clauses as tests/contract/test_source_contract.py: every message once, in order per
+partition; None when idle; resume after the committed position. Plus what only a group
+has: a revoked partition waits for the batch already handed out to be committed, so a
+clean rebalance re-delivers nothing, and commits never move offsets backwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+import orjson
+
+from rmmwatch.kafka_client import KafkaSettings
+from rmmwatch.sources.base import Batch
+from rmmwatch.sources.kafka import KafkaSource
+from tests.integration.kafka_tools import create_topic, produce
+
+
+def _source(bootstrap: str, topic: str, group: str, **kw: object) -> KafkaSource:
+    return KafkaSource(
+        KafkaSettings(bootstrap_servers=bootstrap, session_timeout_ms=6000),
+        [topic],
+        group_id=group,
+        max_messages=kw.pop("max_messages", 50),  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _numbers(batch: Batch) -> list[int]:
+    return [orjson.loads(m)["n"] for m in batch.messages]
+
+
+async def _drain(source: KafkaSource, idle_rounds: int = 3) -> list[Batch]:
+    batches: list[Batch] = []
+    idle = 0
+    while idle < idle_rounds:
+        batch = await source.fetch(0.5)
+        if batch is None:
+            idle += 1
+            continue
+        idle = 0
+        batches.append(batch)
+    return batches
+
+
+async def test_every_message_once_in_partition_order(kafka_bootstrap: str, topic_name: str) -> None:
+    """A new group reads everything from earliest; per partition, offsets are consecutive."""
+    await create_topic(kafka_bootstrap, topic_name, 3)
+    await produce(kafka_bootstrap, topic_name, [orjson.dumps({"n": i}) for i in range(300)], 3)
+    source = _source(kafka_bootstrap, topic_name, f"g-{topic_name}")
+    await source.start()
+    try:
+        batches = await _drain(source)
+    finally:
+        await source.close()
+    numbers = sorted(n for b in batches for n in _numbers(b))
+    assert numbers == list(range(300))
+    offsets: dict[int, list[int]] = defaultdict(list)
+    for batch in batches:
+        for i in range(len(batch.messages)):
+            origin = batch.locate(i)
+            offsets[origin["partition"]].append(origin["offset"])
+    assert all(v == list(range(len(v))) for v in offsets.values())
+    assert max(len(b.messages) for b in batches) <= 50
+
+
+async def test_idle_fetch_returns_none_and_ready_reflects_assignment(kafka_bootstrap: str, topic_name: str) -> None:
+    """An empty topic: fetch returns None within its timeout; the source is ready once assigned."""
+    await create_topic(kafka_bootstrap, topic_name, 1)
+    source = _source(kafka_bootstrap, topic_name, f"g-{topic_name}")
+    assert source.ready()[0] is False
+    await source.start()
+    try:
+        for _ in range(40):
+            if source.ready()[0]:
+                break
+            await source.fetch(0.1)
+        assert source.ready() == (True, "1 partition(s) assigned")
+        assert await source.fetch(0.2) is None
+    finally:
+        await source.close()
+
+
+async def test_restart_resumes_after_the_committed_position(kafka_bootstrap: str, topic_name: str) -> None:
+    """Commit the first batches, close, start again in the same group: the rest, not the committed part."""
+    await create_topic(kafka_bootstrap, topic_name, 1)
+    await produce(kafka_bootstrap, topic_name, [orjson.dumps({"n": i}) for i in range(100)], 1)
+    group = f"g-{topic_name}"
+    first = _source(kafka_bootstrap, topic_name, group, max_messages=30)
+    await first.start()
+    seen: list[int] = []
+    try:
+        while len(seen) < 60:
+            batch = await first.fetch(1.0)
+            if batch is not None:
+                seen += _numbers(batch)
+                if len(seen) <= 30:
+                    await first.commit(batch.position)
+    finally:
+        await first.close()
+    second = _source(kafka_bootstrap, topic_name, group, max_messages=30)
+    await second.start()
+    try:
+        rest = [n for b in await _drain(second) for n in _numbers(b)]
+    finally:
+        await second.close()
+    assert rest == list(range(30, 100))
+
+
+async def test_clean_rebalance_waits_for_the_in_flight_batch(kafka_bootstrap: str, topic_name: str) -> None:
+    """A second member joins while the first holds an uncommitted batch: the revoke waits for its
+    commit, and the new owner starts after it (nothing delivered twice, nothing skipped)."""
+    await create_topic(kafka_bootstrap, topic_name, 2)
+    await produce(kafka_bootstrap, topic_name, [orjson.dumps({"n": i}) for i in range(200)], 2)
+    group = f"g-{topic_name}"
+    a = _source(kafka_bootstrap, topic_name, group, max_messages=40, rebalance_wait_s=15)
+    b = _source(kafka_bootstrap, topic_name, group, max_messages=40, rebalance_wait_s=15)
+    await a.start()
+    try:
+        in_flight = None
+        while in_flight is None:
+            in_flight = await a.fetch(1.0)
+        joining = asyncio.create_task(b.start())
+        await asyncio.sleep(1.0)
+        assert not joining.done(), "the rebalance waits for the revoked batch"
+        await a.commit(in_flight.position)  # the loop finished the batch: state durable, alerts delivered
+        await asyncio.wait_for(joining, timeout=30)
+        seen_a = _numbers(in_flight)
+        rest_a, rest_b = await asyncio.gather(_drain(a), _drain(b))
+        for batch in rest_a:
+            await a.commit(batch.position)
+        for batch in rest_b:
+            await b.commit(batch.position)
+    finally:
+        await asyncio.gather(a.close(), b.close())
+    everything = seen_a + [n for x in rest_a for n in _numbers(x)] + [n for x in rest_b for n in _numbers(x)]
+    assert sorted(everything) == list(range(200)), "each message exactly once across the rebalance"
+
+
+async def test_commit_never_moves_backwards(kafka_bootstrap: str, topic_name: str) -> None:
+    """A late commit of an older position is ignored."""
+    await create_topic(kafka_bootstrap, topic_name, 1)
+    await produce(kafka_bootstrap, topic_name, [orjson.dumps({"n": i}) for i in range(60)], 1)
+    group = f"g-{topic_name}"
+    source = _source(kafka_bootstrap, topic_name, group, max_messages=20)
+    await source.start()
+    try:
+        batches: list[Batch] = []
+        while len(batches) < 2:
+            batch = await source.fetch(1.0)
+            if batch is not None:
+                batches.append(batch)
+        await source.commit(batches[1].position)
+        await source.commit(batches[0].position)
+        assert source._consumer is not None
+        tp = next(iter(source._consumer.assignment()))
+        assert await source._consumer.committed(tp) == 40
+    finally:
+        await source.close()
