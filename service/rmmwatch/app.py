@@ -106,6 +106,9 @@ class App:
         self._pending_alerts = 0
         self._delivery_backoff = Backoff()
         self._next_delivery = 0.0
+        self._delivery_lock = asyncio.Lock()
+        self._outbox_dirty = True  # at start, alerts of a previous run may wait in the outbox
+        self._queue: asyncio.Queue[tuple[Batch, BatchResult, float] | None] = asyncio.Queue(maxsize=2)
         self._problem_logs = RateLimiter(per_second=1.0, burst=20)
         self._excluded_logs = RateLimiter(per_second=5.0, burst=50)
         self.stats = {"batches": 0, "messages": 0, "matches": 0, "alerts": 0}
@@ -184,8 +187,7 @@ class App:
     async def _shutdown(self) -> None:
         with suppress(Exception):
             if self._store_ok:
-                await asyncio.wait_for(self._deliver(force=True), timeout=self.shutdown_timeout_s)
-                await self._commit_if_delivered()
+                await asyncio.wait_for(self._deliver_and_commit(force=True), timeout=self.shutdown_timeout_s)
         for closer in (
             self.source.close,
             self.dead_letters.close,
@@ -206,7 +208,8 @@ class App:
         while True:
             delivered = await self._deliver(force=True)
             if delivered:
-                await self._commit_if_delivered()
+                async with self._delivery_lock:
+                    await self._commit_if_delivered()
                 return 0
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._stopping.is_set():
@@ -224,47 +227,69 @@ class App:
 
     # -- the loop -------------------------------------------------------------------------
     async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            self._last_loop = time.monotonic()
-            if self._last_loop - self._last_tick >= self.tick_interval_s:
-                await self._tick()
-            if self._has_uncommitted or self._pending_alerts:
-                await self._deliver()
-                await self._commit_if_delivered()
-            if self._pending_alerts >= self.max_pending_alerts:
-                # Backpressure: sinks are behind. The source is paused (fetch keeps a Kafka
-                # membership alive and returns nothing) until the outbox drains.
-                self.source.pause()
-            else:
-                self.source.resume()
-            timeout = max(0.0, min(self.tick_interval_s, self._last_tick + self.tick_interval_s - time.monotonic()))
-            batch = await self.source.fetch(timeout)
-            if batch is None:
-                if self.source.exhausted:
-                    log.info("source_exhausted")
-                    break
-                continue
-            await self._process(batch)
+        """Two stages: this loop fetches and decodes; the commit stage applies, delivers, commits.
 
-    async def _process(self, batch: Batch) -> None:
-        started = time.perf_counter()
-        result = self.detector.process(batch.messages)
-        self._count(result)
-        await self._dead_letter(batch, result)
-        self._log_excluded(result)
-        applied = await self._apply(result)
-        if applied is None:
-            return  # stopping while the store was down: nothing committed, re-read on restart
-        self._count_applied(applied)
-        self._uncommitted = batch.position
-        self._has_uncommitted = True
-        await self._deliver(force=bool(applied.alerts))
-        await self._commit_if_delivered()
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        self.metrics.batch_messages.observe(len(batch.messages))
-        self.stats["batches"] += 1
-        self.stats["messages"] += result.messages
-        self.stats["matches"] += len(result.matches)
+        While the commit stage waits on the store (an fsync) or the brokers (a commit), this loop
+        already fetches and decodes the next batch. The queue between them is short, so a slow
+        store or sink backs up into the source, and batches are committed strictly in order.
+        """
+        committer = asyncio.create_task(self._commit_stage(), name="rmmwatch-commit-stage")
+        try:
+            while not self._stopping.is_set() and not committer.done():
+                self._last_loop = time.monotonic()
+                if self._last_loop - self._last_tick >= self.tick_interval_s:
+                    await self._tick()
+                if self._has_uncommitted or self._pending_alerts:
+                    await self._deliver_and_commit()
+                if self._pending_alerts >= self.max_pending_alerts:
+                    # Backpressure: sinks are behind. The source is paused (fetch keeps a Kafka
+                    # membership alive and returns nothing) until the outbox drains.
+                    self.source.pause()
+                else:
+                    self.source.resume()
+                timeout = max(0.0, min(self.tick_interval_s, self._last_tick + self.tick_interval_s - time.monotonic()))
+                batch = await self.source.fetch(timeout)
+                if batch is None:
+                    if self.source.exhausted:
+                        log.info("source_exhausted")
+                        break
+                    continue
+                started = time.perf_counter()
+                result = self.detector.process(batch.messages)
+                self._count(result)
+                await self._dead_letter(batch, result)
+                self._log_excluded(result)
+                await self._queue.put((batch, result, started))
+        finally:
+            if not committer.done():
+                await self._queue.put(None)
+            await committer  # re-raises what broke the commit stage
+
+    async def _commit_stage(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            batch, result, started = item
+            applied = await self._apply(result)
+            if applied is None:
+                return  # stopping while the store was down: nothing committed, re-read on restart
+            self._count_applied(applied)
+            self._uncommitted = batch.position
+            self._has_uncommitted = True
+            if applied.alerts:
+                self._outbox_dirty = True
+            await self._deliver_and_commit(force=bool(applied.alerts))
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            self.metrics.batch_messages.observe(len(batch.messages))
+            self.stats["batches"] += 1
+            self.stats["messages"] += result.messages
+            self.stats["matches"] += len(result.matches)
+
+    async def _deliver_and_commit(self, *, force: bool = False) -> None:
+        async with self._delivery_lock:
+            await self._deliver_unlocked(force=force)
+            await self._commit_if_delivered()
 
     async def _apply(self, result: BatchResult) -> ApplyResult | None:
         backoff = Backoff()
@@ -290,12 +315,15 @@ class App:
             self._store_ok = True
         except StoreUnavailable as exc:
             self._store_ok = False
+            self._ready()
             self.metrics.store_errors.labels(operation="tick").inc()
             log.warning("store_unavailable", error=str(exc))
             return
         self.metrics.last_tick.set(now / TICKS_PER_SECOND)
+        self._ready()  # keeps rmmwatch_ready{component} current without anyone probing /readyz
         self._count_applied(applied)
         if applied.alerts:
+            self._outbox_dirty = True
             await self._deliver(force=True)
         if self._last_tick - self._last_stats >= 15 * self.tick_interval_s:
             self._last_stats = self._last_tick
@@ -314,6 +342,12 @@ class App:
     # -- delivery and commit ------------------------------------------------------------
     async def _deliver(self, *, force: bool = False) -> bool:
         """Deliver outbox alerts to every sink; True when the outbox is empty."""
+        async with self._delivery_lock:
+            return await self._deliver_unlocked(force=force)
+
+    async def _deliver_unlocked(self, *, force: bool = False) -> bool:
+        if not self._outbox_dirty and not self._pending_alerts:
+            return True  # nothing was written to the outbox since it was last found empty
         if not force and time.monotonic() < self._next_delivery:
             return False
         while True:
@@ -326,6 +360,7 @@ class App:
             self.metrics.outbox_pending.set(len(alerts))
             if not alerts:
                 self._delivery_backoff.reset()
+                self._outbox_dirty = False
                 return True
             for sink in self.sinks:
                 try:

@@ -177,6 +177,76 @@ RUN_OPTIONS: tuple[Option, ...] = (
         group="kafka",
     ),
     Option("--dead-letter-topic", "shorthand for --dead-letter kafka:TOPIC", group="kafka"),
+    # eventhub (Azure Event Hubs over AMQP, with blob checkpoints)
+    Option(
+        "--eventhub-connection-string",
+        "Event Hubs over AMQP: namespace connection string (with --eventhub-name) or hub connection string "
+        "(EntityPath=...) (or RMMWATCH_EVENTHUB_CONNECTION_STRING_FILE)",
+        secret=True,
+        group="eventhub",
+    ),
+    Option(
+        "--eventhub-fully-qualified-namespace",
+        "<namespace>.servicebus.windows.net, authenticated with Entra ID (DefaultAzureCredential, extra 'entra')",
+        group="eventhub",
+    ),
+    Option("--eventhub-name", "the event hub (default: the connection string's EntityPath)", group="eventhub"),
+    Option(
+        "--eventhub-consumer-group",
+        "Event Hubs consumer group (give rmmwatch its own)",
+        "$Default",
+        group="eventhub",
+    ),
+    Option(
+        "--eventhub-start",
+        "where a partition without a checkpoint starts: earliest, latest, or an ISO 8601 time",
+        "earliest",
+        group="eventhub",
+    ),
+    Option(
+        "--eventhub-checkpoint-connection-string",
+        "storage account connection string for checkpoints and partition ownership "
+        "(or RMMWATCH_EVENTHUB_CHECKPOINT_CONNECTION_STRING_FILE)",
+        secret=True,
+        group="eventhub",
+    ),
+    Option(
+        "--eventhub-checkpoint-account-url",
+        "https://<account>.blob.core.windows.net for checkpoints, authenticated with Entra ID",
+        group="eventhub",
+    ),
+    Option(
+        "--eventhub-checkpoint-container",
+        "blob container for checkpoints and ownership (created if missing)",
+        "rmmwatch-checkpoints",
+        group="eventhub",
+    ),
+    Option(
+        "--eventhub-checkpoint-api-version",
+        "storage API version of the checkpoint store's blob client (default: the SDK's)",
+        group="eventhub",
+    ),
+    Option(
+        "--eventhub-load-balancing",
+        "how replicas claim partitions: greedy (all unclaimed at once) or balanced (one per interval)",
+        "greedy",
+        choices=("greedy", "balanced"),
+        group="eventhub",
+    ),
+    Option(
+        "--eventhub-load-balancing-interval",
+        "seconds between two load-balancing rounds (ownership renewal)",
+        30.0,
+        float,
+        group="eventhub",
+    ),
+    Option(
+        "--eventhub-ownership-expiry",
+        "seconds after which an unrenewed partition ownership may be claimed by another replica",
+        180.0,
+        float,
+        group="eventhub",
+    ),
     # state
     Option(
         "--store",
@@ -358,6 +428,18 @@ class RunConfig:
     kafka_rebalance_wait: float = 20.0
     eventhubs_connection_string: str | None = field(default=None, repr=False)
     dead_letter_topic: str | None = None
+    eventhub_connection_string: str | None = field(default=None, repr=False)
+    eventhub_fully_qualified_namespace: str | None = None
+    eventhub_name: str | None = None
+    eventhub_consumer_group: str = "$Default"
+    eventhub_start: str = "earliest"
+    eventhub_checkpoint_connection_string: str | None = field(default=None, repr=False)
+    eventhub_checkpoint_account_url: str | None = None
+    eventhub_checkpoint_container: str = "rmmwatch-checkpoints"
+    eventhub_checkpoint_api_version: str | None = None
+    eventhub_load_balancing: str = "greedy"
+    eventhub_load_balancing_interval: float = 30.0
+    eventhub_ownership_expiry: float = 180.0
     store: str = "sqlite"
     data_dir: str = "./data"
     sqlite_synchronous: str = "full"

@@ -51,5 +51,7 @@ def open_source(config: RunConfig, metrics: Metrics | None = None) -> Source:
             metrics=metrics,
         )
     if spec == "eventhub":
-        raise ValueError("the eventhub source is not available in this build yet")
+        from rmmwatch.sources.eventhub import EventHubSource, eventhub_settings  # noqa: PLC0415
+
+        return EventHubSource(eventhub_settings(config), max_messages=config.batch_max_messages, metrics=metrics)
     raise ValueError(f"unknown source {spec!r}: use synthetic, stdin, file:PATH, kafka or eventhub")

@@ -113,6 +113,8 @@ class KafkaSource:
             enable_auto_commit=False,
             auto_offset_reset="latest" if self.start_at == "latest" else "earliest",
             max_poll_records=self.max_messages,
+            # Defender envelopes are tens of KB: the 1 MB default starves the prefetcher.
+            max_partition_fetch_bytes=4194304,
             session_timeout_ms=self.settings.session_timeout_ms,
             heartbeat_interval_ms=max(100, self.settings.session_timeout_ms // 3),
             **options,
