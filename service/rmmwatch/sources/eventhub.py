@@ -449,7 +449,7 @@ class EventHubSource:
 
     async def _on_error(self, context: PartitionContext | None, error: Exception) -> None:
         partition = context.partition_id if context is not None else None
-        if "link:stolen" in str(error) or "epoch" in str(error):
+        if "link:stolen" in str(error):
             # Another receiver with the same or a higher owner level took the partition: a handover, not a fault.
             log.info("eventhub_partition_taken_over", partition=partition, error=describe_error(error))
             return
