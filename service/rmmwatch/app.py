@@ -108,6 +108,7 @@ class App:
         self._next_delivery = 0.0
         self._delivery_lock = asyncio.Lock()
         self._outbox_dirty = True  # at start, alerts of a previous run may wait in the outbox
+        self._failed = False
         self._queue: asyncio.Queue[tuple[Batch, BatchResult, float] | None] = asyncio.Queue(maxsize=2)
         self._problem_logs = RateLimiter(per_second=1.0, burst=20)
         self._excluded_logs = RateLimiter(per_second=5.0, burst=50)
@@ -152,7 +153,8 @@ class App:
                 return 0
             await self._deliver(force=True)
             await self._loop()
-            return await self._drain()
+            drained = await self._drain()
+            return 1 if self._failed else drained
         finally:
             await self._shutdown()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -237,6 +239,11 @@ class App:
         try:
             while not self._stopping.is_set() and not committer.done():
                 self._last_loop = time.monotonic()
+                problem = self.source.problem()
+                if problem is not None:
+                    log.error("source_problem", error=problem)
+                    self._failed = True
+                    break
                 if self._last_loop - self._last_tick >= self.tick_interval_s:
                     await self._tick()
                 if self._has_uncommitted or self._pending_alerts:

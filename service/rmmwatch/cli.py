@@ -158,7 +158,10 @@ async def _state(args: argparse.Namespace) -> int:
         url = "sqlite:" + os.path.join(args.data_dir, "rmmwatch.db")
     if url.startswith("sqlite:") and not os.path.exists(url.removeprefix("sqlite:")):
         return _error(f"no sqlite state at {url.removeprefix('sqlite:')}", EXIT_FAILURE)
-    store = open_store(url, rules, read_only=True)
+    from rmmwatch.config import RunConfig  # noqa: PLC0415
+
+    redis_config = RunConfig.from_values(resolve(argparse.Namespace()))
+    store = open_store(url, rules, read_only=True, redis=redis_config.redis_options())
     await store.open()
     try:
         several = len(rules) > 1
@@ -192,7 +195,9 @@ async def _run(config: RunConfig) -> int:
         app = App(
             rules=rules,
             source=open_source(config, metrics),
-            store=open_store(config.store_url(), rules, sqlite_synchronous=config.sqlite_synchronous),
+            store=open_store(
+                config.store_url(), rules, sqlite_synchronous=config.sqlite_synchronous, redis=config.redis_options()
+            ),
             sinks=open_sinks(config),
             dead_letters=open_dead_letters(config),
             metrics=metrics,

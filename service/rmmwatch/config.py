@@ -255,6 +255,23 @@ RUN_OPTIONS: tuple[Option, ...] = (
         group="state",
     ),
     Option("--data-dir", "directory for the sqlite database and file checkpoints", "./data", group="state"),
+    Option("--redis-username", "redis store: ACL user", group="state"),
+    Option(
+        "--redis-password",
+        "redis store: password (or RMMWATCH_REDIS_PASSWORD_FILE); never in the URL",
+        secret=True,
+        group="state",
+    ),
+    Option("--redis-ca-file", "redis store over rediss://: PEM CA to trust", group="state"),
+    Option("--redis-prefix", "redis store: key prefix (one per deployment sharing a Redis)", "rmmwatch", group="state"),
+    Option("--redis-cluster", "redis store: the URL is a Redis Cluster node", False, _bool, switch=True, group="state"),
+    Option(
+        "--redis-orphan-age",
+        "redis store: seconds before another replica delivers an alert whose creator did not",
+        10.0,
+        float,
+        group="state",
+    ),
     Option(
         "--sqlite-synchronous",
         "sqlite durability: full (survives power loss) or normal (survives a crash)",
@@ -442,6 +459,12 @@ class RunConfig:
     eventhub_ownership_expiry: float = 180.0
     store: str = "sqlite"
     data_dir: str = "./data"
+    redis_username: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
+    redis_ca_file: str | None = None
+    redis_prefix: str = "rmmwatch"
+    redis_cluster: bool = False
+    redis_orphan_age: float = 10.0
     sqlite_synchronous: str = "full"
     tick_interval: float = 1.0
     sink: list[str] = field(default_factory=list)
@@ -489,6 +512,17 @@ class RunConfig:
     @property
     def sinks(self) -> list[str]:
         return self.sink or ["stdout"]
+
+    def redis_options(self) -> dict[str, Any]:
+        """Keyword arguments of RedisStore from the redis options."""
+        return {
+            "prefix": self.redis_prefix,
+            "username": self.redis_username,
+            "password": self.redis_password,
+            "ca_file": self.redis_ca_file,
+            "orphan_age_s": self.redis_orphan_age,
+            "cluster": self.redis_cluster,
+        }
 
     def store_url(self) -> str:
         if self.store == "sqlite":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -11,13 +12,14 @@ import pytest
 from rmmwatch.rules import Rule
 from rmmwatch.stores import open_store
 from rmmwatch.stores.base import Store
+from tests.helpers import service_env
 
 StoreFactory = Callable[..., Store]  # (rules, name=...) -> an unopened store
 
-STORE_KINDS = ["memory", "sqlite"]
+STORE_KINDS = ["memory", "sqlite", "redis"]
 
 
-@pytest.fixture(params=STORE_KINDS)
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.integration)])
 def store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -26,14 +28,17 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 async def make_store(store_kind: str, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """Opens stores of one kind; every store made is closed after the test."""
     made: list[Store] = []
+    run = uuid.uuid4().hex[:8]
 
     def factory(rules: Sequence[Rule], name: str = "state") -> Store:
         if store_kind == "memory":
             store = open_store("memory", rules)
         elif store_kind == "sqlite":
             store = open_store(f"sqlite:{tmp_path / name}.db", rules, sqlite_synchronous="normal")
-        else:  # pragma: no cover - other kinds are added by their own conftest
-            raise AssertionError(store_kind)
+        else:
+            # One key prefix per test and name: stores named alike share state, like replicas do.
+            prefix = f"t{run}-{name}"
+            store = open_store(service_env("RMMWATCH_TEST_REDIS_URL"), rules, redis={"prefix": prefix})
         made.append(store)
         return store
 

@@ -56,6 +56,9 @@ class ListSource:
     async def start(self) -> None:
         self.started = True
 
+    def problem(self) -> str | None:
+        return None
+
     def pause(self) -> None:
         self.paused = True
 

@@ -49,6 +49,7 @@ def open_source(config: RunConfig, metrics: Metrics | None = None) -> Source:
             max_messages=config.batch_max_messages,
             rebalance_wait_s=config.kafka_rebalance_wait,
             metrics=metrics,
+            exclusive=config.store_url().startswith("sqlite:"),
         )
     if spec == "eventhub":
         from rmmwatch.sources.eventhub import EventHubSource, eventhub_settings  # noqa: PLC0415

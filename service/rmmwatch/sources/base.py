@@ -46,6 +46,9 @@ class Source(Protocol):
     def ready(self) -> tuple[bool, str]:
         """Readiness and a short reason."""
 
+    def problem(self) -> str | None:
+        """A fatal condition found while running (for example: a second replica on an exclusive store)."""
+
     def pause(self) -> None:
         """Stop delivering messages (backpressure); ``fetch`` keeps the connection alive and returns None."""
 

@@ -120,6 +120,9 @@ class FileSource:
         self._buffer = whole
         self._whole = True
 
+    def problem(self) -> str | None:
+        return None
+
     def pause(self) -> None:
         self._paused = True
 

@@ -65,7 +65,9 @@ class KafkaSource:
         rebalance_wait_s: float = 20.0,
         metrics: Metrics | None = None,
         probe_interval_s: float = 5.0,
+        exclusive: bool = False,
     ) -> None:
+        """``exclusive``: this process must own every partition (its store is not shared)."""
         if not topics:
             raise ValueError("the kafka source needs --kafka-topics (or an EntityPath in the connection string)")
         self.settings = settings
@@ -90,6 +92,9 @@ class KafkaSource:
         self._brokers_ok = False
         self._paused = False
         self._probe: asyncio.Task[None] | None = None
+        self.exclusive = exclusive
+        self._partial_since: float | None = None
+        self._problem: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
@@ -154,6 +159,9 @@ class KafkaSource:
                 await consumer.stop()
 
     # -- reading -------------------------------------------------------------------------
+    def problem(self) -> str | None:
+        return self._problem
+
     def pause(self) -> None:
         if self._consumer is not None and not self._paused:
             self._consumer.pause(*self._consumer.assignment())
@@ -262,6 +270,25 @@ class KafkaSource:
         log.info("kafka_partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
 
     # -- lag and reachability ------------------------------------------------------------
+    def _check_exclusive(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
+        """With an unshared store (sqlite), a member that owns only part of the topics means a
+        second replica: each would see part of every device's events. Tolerated for a while (a
+        restarted pod's old member lingers until its session expires), then fatal."""
+        total = sum(len(consumer.partitions_for_topic(topic) or ()) for topic in self.topics)
+        if len(assigned) >= total:
+            self._partial_since = None
+            return
+        now = time.monotonic()
+        if self._partial_since is None:
+            self._partial_since = now
+        grace = max(30.0, 3 * self.settings.session_timeout_ms / 1000)
+        if now - self._partial_since > grace:
+            self._problem = (
+                f"this process owns {len(assigned)} of {total} partitions of {', '.join(self.topics)} in group "
+                f"{self.group_id!r}: another replica shares the group, and the sqlite store is single-process; "
+                "run one replica, or use --store redis://... for several"
+            )
+
     async def _probe_loop(self) -> None:
         while True:
             await asyncio.sleep(self.probe_interval_s)
@@ -281,6 +308,8 @@ class KafkaSource:
             if not self._brokers_ok:
                 log.info("kafka_brokers_reachable")
             self._brokers_ok = True
+            if self.exclusive:
+                self._check_exclusive(consumer, assigned)
             if self.metrics is None:
                 continue
             for tp, end in ends.items():

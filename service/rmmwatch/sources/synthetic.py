@@ -42,6 +42,9 @@ class SyntheticSource:
         self._started_at = asyncio.get_running_loop().time()
         self._running = True
 
+    def problem(self) -> str | None:
+        return None
+
     def pause(self) -> None:
         self._paused = True
 

@@ -65,7 +65,8 @@ class Store(Protocol):
         """Release everything (idempotent)."""
 
     async def apply(self, matches: Sequence[Match], now: int) -> ApplyResult:
-        """Advance to ``now``, add the matches, write the resulting alerts to the outbox: atomically."""
+        """Advance the groups of ``matches`` to ``now``, add the matches, write the resulting alerts to
+        the outbox, atomically per group. (A store may advance other groups too; ``tick`` does.)"""
 
     async def tick(self, now: int) -> ApplyResult:
         """Advance to ``now``: expire, activate future-dated events, end episodes, flush throttled updates."""
