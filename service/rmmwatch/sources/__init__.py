@@ -54,5 +54,10 @@ def open_source(config: RunConfig, metrics: Metrics | None = None) -> Source:
     if spec == "eventhub":
         from rmmwatch.sources.eventhub import EventHubSource, eventhub_settings  # noqa: PLC0415
 
-        return EventHubSource(eventhub_settings(config), max_messages=config.batch_max_messages, metrics=metrics)
+        return EventHubSource(
+            eventhub_settings(config),
+            max_messages=config.batch_max_messages,
+            metrics=metrics,
+            exclusive=config.store_url().startswith("sqlite:"),
+        )
     raise ValueError(f"unknown source {spec!r}: use synthetic, stdin, file:PATH, kafka or eventhub")

@@ -13,10 +13,13 @@ What this module owns, and why it is shaped this way:
   partition batches to the loop, combined up to ``max_messages``. A full queue, or :meth:`pause`, blocks the
   callbacks, and a blocked callback stops the SDK's receive loop for that partition (it stops granting link
   credit once its prefetch buffer is full): backpressure reaches the service.
-* **Positions and checkpoints**: a batch's position is, per partition, its last event and the ownership
-  generation it was received under. :meth:`commit` runs only when the loop asks (the batch's state durable, its
-  alerts delivered) and calls ``PartitionContext.update_checkpoint`` for partitions still owned in the same
-  generation, and only forward: a checkpoint never moves backwards.
+* **Positions and checkpoints**: a batch's position is, per owned partition, the last event handed out so far
+  (in this batch or an earlier one) and the ownership generation it was received under. Positions are
+  cumulative because the loop commits batches in order and only the newest position when several wait (an
+  alert waiting for delivery holds commits back): committing it must cover the partitions of the batches
+  before it too. :meth:`commit` runs only when the loop asks (state durable, alerts delivered) and calls
+  ``PartitionContext.update_checkpoint`` for partitions still owned in the same generation, and only forward:
+  a checkpoint never moves backwards.
 * **Ownership**: ``on_partition_initialize`` starts a generation, ``on_partition_close`` ends it. The SDK closes
   a partition when its load balancer gives it to another replica, when another receiver takes the link over
   (owner level), after receive errors it could not retry, and at shutdown. A batch handed out under an ended
@@ -29,9 +32,14 @@ What this module owns, and why it is shaped this way:
 * **Failing fast**: the SDK retries forever in the background, so :meth:`start` first asks the service for the
   hub's properties with one short-retry client and a timeout, and creates the checkpoint container; a failure
   is a :class:`SourceUnavailable` that names the namespace and hub, never the key.
-* **Readiness and lag**: not ready until a partition is owned, nor while the SDK reports errors (``on_error``)
-  until events flow again, or until a probe of an idle partition gets an answer and no error came for 1.5
-  load-balancing intervals. Lag per partition is the last enqueued sequence number (delivered with every event:
+* **One process, every partition**: with an unshared store (sqlite), owning only some partitions for longer
+  than an ownership handover takes means another replica shares the consumer group, and each would alert on
+  part of every device's events: :meth:`problem` then reports it and the loop stops (as the Kafka source does).
+* **Readiness and lag**: not ready until a partition is owned, nor while the SDK reports errors (``on_error``):
+  ready again once events flow, or once a probe of an idle partition gets an answer and no error came for
+  two load-balancing intervals plus 10 s (longer than the SDK takes to retry a failing link and report it
+  again, so a persistent fault, like a consumer group that does not exist, keeps the source unready).
+  Lag per partition is the last enqueued sequence number (delivered with every event:
   ``track_last_enqueued_event_properties``; asked with ``get_partition_properties`` for idle partitions) minus
   the last checkpointed one.
 """
@@ -178,6 +186,7 @@ def eventhub_settings(config: RunConfig) -> EventHubSettings:
 
 
 def _entra_credential() -> Any:
+    """``DefaultAzureCredential`` (workload identity, managed identity, environment, Azure CLI ...)."""
     try:
         from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
     except ImportError:
@@ -215,7 +224,9 @@ class EventHubSource:
         queue_batches: int = 8,
         probe_interval_s: float = 10.0,
         start_timeout_s: float = 30.0,
+        exclusive: bool = False,
     ) -> None:
+        """``exclusive``: this process must own every partition (its store is not shared)."""
         self.settings = settings
         self.max_messages = max_messages
         self.metrics = metrics
@@ -227,8 +238,9 @@ class EventHubSource:
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._client: EventHubConsumerClient | None = None
-        self._store: BlobCheckpointStore | None = None
-        self._credential: Any = None
+        # Built here, so that a missing extra or a bad store setting is a configuration error before anything runs.
+        self._credential: Any = _entra_credential() if settings.needs_credential else None
+        self._store: BlobCheckpointStore | None = self._checkpoint_store()
         self._receiving: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
         self._owned: dict[str, _Owned] = {}
@@ -237,8 +249,13 @@ class EventHubSource:
         self._baseline: dict[str, int] = {}  # partition -> sequence number before the first one to read
         self._last_enqueued: dict[str, int] = {}
         self._heard: dict[str, float] = {}  # partition -> when the service last told us its end
+        self._handed_out: dict[str, tuple[int, EventData]] = {}  # partition -> (generation, last event fetched)
         self._error: str | None = None
         self._error_at = 0.0
+        self.exclusive = exclusive
+        self._partitions = 0
+        self._partial_since: float | None = None
+        self._problem: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
@@ -257,9 +274,6 @@ class EventHubSource:
     async def start(self) -> None:
         settings = self.settings
         try:
-            if settings.needs_credential:
-                self._credential = _entra_credential()
-            self._store = self._checkpoint_store()
             if self._store is not None:
                 await self._ensure_container(self._store)
             await self._probe_hub()
@@ -387,7 +401,9 @@ class EventHubSource:
         finally:
             with suppress(Exception):
                 await probe.close()
-        log.info("eventhub_hub_found", hub=self.settings.hub, partitions=list(properties.get("partition_ids", [])))
+        partitions = list(properties.get("partition_ids", []))
+        self._partitions = len(partitions)
+        log.info("eventhub_hub_found", hub=self.settings.hub, partitions=partitions)
 
     async def _receive(self, client: EventHubConsumerClient) -> None:
         try:
@@ -437,6 +453,7 @@ class EventHubSource:
         if owned is None or owned.context is not context:
             return
         del self._owned[pid]
+        self._handed_out.pop(pid, None)
         if self._store is not None:
             self._committed.pop(pid, None)
         self._baseline.pop(pid, None)
@@ -481,6 +498,9 @@ class EventHubSource:
         await self._queue.put(_Received(pid, owned.generation, events))
 
     # -- reading -------------------------------------------------------------------------
+    def problem(self) -> str | None:
+        return self._problem
+
     def pause(self) -> None:
         self._flowing.clear()
 
@@ -518,7 +538,9 @@ class EventHubSource:
             return None  # every one of them belongs to a partition lost since: its new owner re-reads them
         events = [(r.partition, event) for r in current for event in r.events]
         messages = [event_body(event) for _, event in events]
-        position: Position = {r.partition: (r.generation, r.events[-1]) for r in current}
+        for r in current:
+            self._handed_out[r.partition] = (r.generation, r.events[-1])
+        position: Position = dict(self._handed_out)
 
         def locate(index: int) -> dict[str, Any]:
             partition, event = events[index]
@@ -586,6 +608,26 @@ class EventHubSource:
             await self._probe_idle_partitions(client)
             for pid in list(self._owned):
                 self._set_lag(pid)
+            if self.exclusive:
+                self._check_exclusive()
+
+    def _check_exclusive(self) -> None:
+        """With an unshared store (sqlite), owning part of the hub for longer than a handover takes (a restarted
+        process waits for its predecessor's ownership to expire) means a second replica: fatal."""
+        if len(self._owned) >= self._partitions:
+            self._partial_since = None
+            return
+        now = time.monotonic()
+        if self._partial_since is None:
+            self._partial_since = now
+        settings = self.settings
+        grace = max(30.0, settings.ownership_expiry_s + 3 * settings.load_balancing_interval_s)
+        if now - self._partial_since > grace:
+            self._problem = (
+                f"this process owns {len(self._owned)} of {self._partitions} partitions ({settings.where}): another "
+                "replica shares the consumer group, and the sqlite store is single-process; run one replica, or "
+                "use --store redis://... for several"
+            )
 
     async def _probe_idle_partitions(self, client: EventHubConsumerClient) -> None:
         """Ask the service for the end of partitions no event came from lately (and so whether it answers)."""
@@ -606,7 +648,11 @@ class EventHubSource:
                     self._baseline[pid] = int(properties["beginning_sequence_number"]) - 1
                 elif self._start == LATEST:
                     self._baseline[pid] = last
-        quiet = time.monotonic() - self._error_at > 1.5 * self.settings.load_balancing_interval_s
-        if idle and self._error is not None and quiet:
-            log.info("eventhub_reachable", note="no error for 1.5 load-balancing intervals")
+        if idle and self._error is not None and time.monotonic() - self._error_at > self._quiet_s:
+            log.info("eventhub_errors_over", quiet_s=self._quiet_s)
             self._error = None
+
+    @property
+    def _quiet_s(self) -> float:
+        """How long without an error before an idle source counts as healthy again."""
+        return 2 * self.settings.load_balancing_interval_s + 10.0

@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from rmmwatch.alerts import Alert, AlertKind, build_alert
 from rmmwatch.events import Match
@@ -52,6 +52,24 @@ from rmmwatch.window import aggregate, render_row, row_sort_key
 BASE = parse_datetime("2020-01-01T00:00:00Z")
 _TICKS_OFFSET = 10**19  # Timestamps as 20-digit strings: string order is time order
 _UNBOUNDED = 1 << 61
+
+_SCHEDULE = """
+-- KEYS: 1 due (zset)  2 epochs (hash). ARGV: now, then group tags. Lower each due time to now.
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'LT', ARGV[1], ARGV[i])
+  redis.call('HINCRBY', KEYS[2], ARGV[i], 1)
+end
+return #ARGV - 1
+"""
+
+_SENT = """
+-- KEYS: (out, unsent) per alert. ARGV: the alerts' outbox keys. Forget delivered alerts.
+for i = 1, #ARGV do
+  redis.call('HDEL', KEYS[2 * i - 1], ARGV[i])
+  redis.call('ZREM', KEYS[2 * i], ARGV[i])
+end
+return #ARGV
+"""
 
 _CAS_DUE = """
 -- KEYS: 1 due (zset)  2 epochs (hash). ARGV: group tag, epoch read, next due ('' = none)
@@ -89,7 +107,7 @@ class _Group:
 
     tag: str
 
-    def keys(self) -> list[str]:
+    def key_names(self) -> list[str]:
         return [f"{self.tag}:{suffix}" for suffix in ("ev", "until", "pend", "ep", "out", "unsent", "meta")]
 
 
@@ -131,6 +149,8 @@ class RedisStore:
         self._client: Any = None
         self._group_script: Any = None
         self._cas_script: Any = None
+        self._schedule_script: Any = None
+        self._sent_script: Any = None
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._due = f"{{{prefix}:idx}}:due"
         self._epochs = f"{{{prefix}:idx}}:epoch"
@@ -154,6 +174,8 @@ class RedisStore:
         source = importlib.resources.files("rmmwatch.stores").joinpath("redis_group.lua").read_text()
         self._group_script = self._client.register_script(source)
         self._cas_script = self._client.register_script(_CAS_DUE)
+        self._schedule_script = self._client.register_script(_SCHEDULE)
+        self._sent_script = self._client.register_script(_SENT)
         try:
             await self._client.ping()
             await self._recover()
@@ -207,36 +229,77 @@ class RedisStore:
             groups.setdefault((match.rule.id, match.group_key), []).append(match)
         if not groups:
             return result
-        calls: list[tuple[Rule, _Group]] = []
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for (rule_id, group_key), group_matches in groups.items():
-                    rule = self.rules[rule_id]
-                    group = self._group(rule_id, group_key)
-                    args = self._args(rule, now, "apply", group_matches)
-                    await self._group_script(keys=group.keys(), args=args, client=pipe)
-                    # Schedule hint: visit this group on the next tick (never later than needed).
-                    pipe.hincrby(self._epochs, group.tag, 1)
-                    pipe.zadd(self._due, {group.tag: now - BASE}, lt=True)
-                    calls.append((rule, group))
-                replies = await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {redactor.redact(str(exc))}") from None
-        for index, (rule, group) in enumerate(calls):
-            self._absorb(rule, group, replies[index * 3], result)
+        calls = [
+            (self.rules[rule_id], self._group(rule_id, group_key), group_matches)
+            for (rule_id, group_key), group_matches in groups.items()
+        ]
+        replies = await self._run(calls, now, "apply", schedule=True)
+        for (rule, group, _), reply in zip(calls, replies, strict=True):
+            self._absorb(rule, group, reply, result)
         return result
 
-    def _args(self, rule: Rule, now: int, mode: str, matches: Sequence[Match]) -> list[str | bytes]:
+    async def _run(
+        self, calls: Sequence[tuple[Rule, _Group, Sequence[Match]]], now: int, mode: str, *, schedule: bool
+    ) -> list[Any]:
+        """Run the group script over ``calls`` in one round trip: one call in standalone Redis,
+        one per group (each its own slot) in a cluster. ``schedule``: also mark the groups due now."""
+        try:
+            if not self.cluster:
+                keys = [key for _, group, _ in calls for key in group.key_names()]
+                if schedule:
+                    keys += [self._due, self._epochs]
+                args = self._common(now, mode, len(calls), schedule)
+                for rule, _, group_matches in calls:
+                    args += self._group_args(rule, now, group_matches)
+                return list(await self._evalsha(keys, args))
+            async with self._client.pipeline(transaction=False) as pipe:
+                for rule, group, group_matches in calls:
+                    args = self._common(now, mode, 1, False) + self._group_args(rule, now, group_matches)
+                    await self._group_script(keys=group.key_names(), args=args, client=pipe)
+                if schedule:
+                    await self._schedule_script(
+                        keys=[self._due, self._epochs],
+                        args=[str(now - BASE), *(g.tag for _, g, _ in calls)],
+                        client=pipe,
+                    )
+                replies = await pipe.execute()
+            return [reply[0] for reply in replies[: len(calls)]]
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {redactor.redact(str(exc))}") from None
+
+    async def _evalsha(self, keys: list[str], args: list[str | bytes]) -> Any:
+        """EVALSHA of the group script, packed here: a batch has thousands of arguments, and
+        packing them as one bytes join is an order of magnitude cheaper than the generic
+        per-argument encoder (measured: 22 ms of 37 ms per 500-event batch)."""
+        parts = [b"EVALSHA", self._group_script.sha.encode(), str(len(keys)).encode()]
+        parts += [k.encode() for k in keys]
+        parts += [a.encode() if isinstance(a, str) else a for a in args]
+        packed = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%b\r\n" % (len(p), p) for p in parts)
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(packed)
+            try:
+                return await connection.read_response()
+            except NoScriptError:
+                pass  # a restarted or failed-over Redis forgot the script: load it once more
+            await connection.send_command("SCRIPT", "LOAD", self._group_script.script)
+            await connection.read_response()
+            await connection.send_packed_command(packed)
+            return await connection.read_response()
+        finally:
+            await pool.release(connection)
+
+    def _common(self, now: int, mode: str, groups: int, schedule: bool) -> list[str | bytes]:
+        return [str(now - BASE), mode, str(self.orphan_age), _ticks_text(now), str(groups), "1" if schedule else "0"]
+
+    def _group_args(self, rule: Rule, now: int, matches: Sequence[Match]) -> list[str | bytes]:
         policy = rule.alerting
         args: list[str | bytes] = [
-            str(now - BASE),
-            mode,
             policy.update,
             str(policy.update_interval_ticks),
             "1" if policy.end else "0",
-            str(self.orphan_age),
             orjson.dumps(list(matches[0].group)) if matches else b"",
-            _ticks_text(now),
             str(len(matches)),
         ]
         window = rule.query.window
@@ -311,21 +374,15 @@ class RedisStore:
                     return result
                 tags = [t.decode() for t in due]
                 epochs = await self._client.hmget(self._epochs, tags)
-                calls: list[tuple[Rule | None, _Group, bytes]] = []
+                known = [(self._rule_of(t), _Group(t), e or b"0") for t, e in zip(tags, epochs, strict=True)]
+                calls = [(rule, group, ()) for rule, group, _ in known if rule is not None]
+                replies = iter(await self._run(calls, now, "tick", schedule=False) if calls else [])
                 async with self._client.pipeline(transaction=False) as pipe:
-                    for tag, epoch in zip(tags, epochs, strict=True):
-                        rule = self._rule_of(tag)
-                        group = _Group(tag)
-                        if rule is not None:
-                            await self._group_script(keys=group.keys(), args=self._args(rule, now, "tick", []),
-                                                     client=pipe)  # fmt: skip
-                        calls.append((rule, group, epoch or b"0"))
-                    replies = iter(await pipe.execute())
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for rule, group, epoch in calls:
+                    for rule, group, epoch in known:
                         next_due = "" if rule is None else self._absorb(rule, group, next(replies), result)
-                        await self._cas_script(keys=[self._due, self._epochs], args=[group.tag, epoch, next_due],
-                                               client=pipe)  # fmt: skip
+                        await self._cas_script(
+                            keys=[self._due, self._epochs], args=[group.tag, epoch, next_due], client=pipe
+                        )
                     await pipe.execute()
                 if len(due) < 500:
                     return result
@@ -341,11 +398,16 @@ class RedisStore:
         if not entries:
             return
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for entry in entries:
-                    pipe.hdel(f"{entry.group.tag}:out", entry.key)
-                    pipe.zrem(f"{entry.group.tag}:unsent", entry.key)
-                await pipe.execute()
+            if not self.cluster:
+                pairs = [k for e in entries for k in (f"{e.group.tag}:out", f"{e.group.tag}:unsent")]
+                await self._sent_script(keys=pairs, args=[e.key for e in entries])
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for entry in entries:
+                        await self._sent_script(
+                            keys=[f"{entry.group.tag}:out", f"{entry.group.tag}:unsent"], args=[entry.key], client=pipe
+                        )
+                    await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {redactor.redact(str(exc))}") from None
         for key in keys:
