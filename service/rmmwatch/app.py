@@ -329,9 +329,9 @@ class App:
         self.metrics.last_tick.set(now / TICKS_PER_SECOND)
         self._ready()  # keeps rmmwatch_ready{component} current without anyone probing /readyz
         self._count_applied(applied)
-        if applied.alerts:
-            self._outbox_dirty = True
-            await self._deliver(force=True)
+        # Every tick looks at the outbox: a shared store may hand over alerts another replica left.
+        self._outbox_dirty = True
+        await self._deliver(force=bool(applied.alerts))
         if self._last_tick - self._last_stats >= 15 * self.tick_interval_s:
             self._last_stats = self._last_tick
             await self._refresh_state_gauges()
