@@ -117,3 +117,11 @@ def test_rate_limiter_counts_what_it_suppresses() -> None:
     assert [allowed for allowed, _ in results] == [True, True, False, False, False]
     assert results[-1] == (False, 3)
     assert limiter.allow("other") == (True, 0)
+
+
+def test_run_config_defaults_match_the_option_table() -> None:
+    """RunConfig's field defaults and RUN_OPTIONS' defaults are one truth (the table drives --help)."""
+    defaults = RunConfig()
+    for option in RUN_OPTIONS:
+        expected = [] if option.repeat and option.default is None else option.default
+        assert getattr(defaults, option.dest) == expected, option.flag
