@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any
@@ -109,6 +110,9 @@ class App:
         self._delivery_lock = asyncio.Lock()
         self._outbox_dirty = True  # at start, alerts of a previous run may wait in the outbox
         self._failed = False
+        self._commit_failed = False
+        # One thread, always the same: the prefilter's scratch space belongs to one thread at a time.
+        self._detect_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmmwatch-detect")
         self._queue: asyncio.Queue[tuple[Batch, BatchResult, float] | None] = asyncio.Queue(maxsize=2)
         self._problem_logs = RateLimiter(per_second=1.0, burst=20)
         self._excluded_logs = RateLimiter(per_second=5.0, burst=50)
@@ -202,6 +206,7 @@ class App:
                 log.warning("close_failed", error=str(exc))
         if self.http is not None:
             await self.http.stop()
+        self._detect_thread.shutdown(wait=False)
         log.info("stopped", **self.stats)
 
     async def _drain(self) -> int:
@@ -235,6 +240,7 @@ class App:
         already fetches and decodes the next batch. The queue between them is short, so a slow
         store or sink backs up into the source, and batches are committed strictly in order.
         """
+        loop = asyncio.get_running_loop()
         committer = asyncio.create_task(self._commit_stage(), name="rmmwatch-commit-stage")
         try:
             while not self._stopping.is_set() and not committer.done():
@@ -246,7 +252,8 @@ class App:
                     break
                 if self._last_loop - self._last_tick >= self.tick_interval_s:
                     await self._tick()
-                if self._has_uncommitted or self._pending_alerts:
+                if self._pending_alerts or self._commit_failed:
+                    # Retry what the commit stage could not finish (a sink or the source was down).
                     await self._deliver_and_commit()
                 if self._pending_alerts >= self.max_pending_alerts:
                     # Backpressure: sinks are behind. The source is paused (fetch keeps a Kafka
@@ -262,7 +269,9 @@ class App:
                         break
                     continue
                 started = time.perf_counter()
-                result = self.detector.process(batch.messages)
+                # Decode+match in its own thread: the byte prefilter (most of its time) releases the
+                # GIL, so on a second core it overlaps the Kafka client's work on this loop.
+                result = await loop.run_in_executor(self._detect_thread, self.detector.process, batch.messages)
                 self._count(result)
                 await self._dead_letter(batch, result)
                 self._log_excluded(result)
@@ -403,7 +412,9 @@ class App:
             await self.source.commit(self._uncommitted)
         except SourceUnavailable as exc:
             log.warning("commit_failed", error=str(exc))
-            return  # kept: the next delivered batch commits a later position that covers it
+            self._commit_failed = True
+            return  # kept: retried by the loop, or covered by the next batch's later position
+        self._commit_failed = False
         self._has_uncommitted = False
         self.metrics.commits.inc()
 

@@ -160,3 +160,38 @@ async def test_commit_never_moves_backwards(kafka_bootstrap: str, topic_name: st
         assert await source._consumer.committed(tp) == 40
     finally:
         await source.close()
+
+
+async def test_a_partition_missing_from_the_newest_batch_is_still_committed(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    """Positions are cumulative: committing a batch of partition 1 also commits what was read of partition 0."""
+    await create_topic(kafka_bootstrap, topic_name, 2)
+    group = f"g-{topic_name}"
+    source = _source(kafka_bootstrap, topic_name, group, max_messages=100)
+    await source.start()
+    try:
+        await produce_to(kafka_bootstrap, topic_name, 0, 15)
+        first = await _drain(source)
+        await produce_to(kafka_bootstrap, topic_name, 1, 10)
+        second = await _drain(source)
+        assert first and second
+        assert {b.locate(0)["partition"] for b in second} == {1}, "the newest batches hold partition 1 only"
+        await source.commit(second[-1].position)
+        assert source._consumer is not None
+        committed = {tp.partition: await source._consumer.committed(tp) for tp in source._consumer.assignment()}
+    finally:
+        await source.close()
+    assert committed == {0: 15, 1: 10}
+
+
+async def produce_to(bootstrap: str, topic: str, partition: int, count: int) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(count):
+            await producer.send_and_wait(topic, orjson.dumps({"n": i}), partition=partition)
+    finally:
+        await producer.stop()

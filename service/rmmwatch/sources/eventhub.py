@@ -449,10 +449,9 @@ class EventHubSource:
 
     async def _on_partition_close(self, context: PartitionContext, reason: CloseReason) -> None:
         pid = context.partition_id
-        owned = self._owned.get(pid)
-        if owned is None or owned.context is not context:
+        owned = self._owned.pop(pid, None)
+        if owned is None:
             return
-        del self._owned[pid]
         self._handed_out.pop(pid, None)
         if self._store is not None:
             self._committed.pop(pid, None)

@@ -1,7 +1,8 @@
 """Kafka (and Event Hubs' Kafka endpoint) as a source: one consumer group, manual commits.
 
 * Batches come from ``getmany`` (at most ``max_messages``); a batch's position is, per
-  partition, the offset after its last record, tagged with the assignment generation.
+  partition handed out so far, the offset after its last record, tagged with the assignment
+  generation (cumulative, so committing the newest batch covers every earlier one).
 * ``commit`` commits only partitions still assigned in the same generation, and never moves
   a partition's offset backwards; a commit that a rebalance makes stale is dropped (the
   new owner re-reads those records, which the idempotent store absorbs).
@@ -189,11 +190,12 @@ class KafkaSource:
             return None
         records = [record for partition_records in data.values() for record in partition_records]
         messages = [record.value if record.value is not None else b"" for record in records]
-        position: Position = {}
         for tp, partition_records in data.items():
-            last = partition_records[-1].offset + 1
-            position[tp] = (last, self._generation.get(tp, -1))
-            self._handed_out[tp] = max(self._handed_out.get(tp, 0), last)
+            self._handed_out[tp] = max(self._handed_out.get(tp, 0), partition_records[-1].offset + 1)
+        # Cumulative: every partition handed out so far, not only this batch's. The loop commits a
+        # batch once everything before it is done, so a partition absent from the newest batch
+        # still gets its last offset committed (and its lag reaches 0 when it goes idle).
+        position: Position = {tp: (offset, self._generation.get(tp, -1)) for tp, offset in self._handed_out.items()}
 
         def locate(index: int) -> dict[str, Any]:
             record = records[index]
