@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt | sha1
 SERVICES := scripts/services/all.sh
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-unit lint lint-python lint-deploy format bench bench-core bench-kafka bench-redis services-start services-stop clean lock
+.PHONY: help install run test test-unit lint lint-python lint-deploy format bench bench-core bench-kafka bench-redis bench-eventhub services-start services-stop clean lock
 
 help:  ## show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -65,7 +65,12 @@ bench-redis: $(STAMP)  ## the Redis store: matched events/s, memory per event, 1
 	  $(SERVICES) start; set -a; source .services/env; set +a; \
 	  $(BIN)/python -m load.bench_redis
 
-bench: bench-core bench-kafka bench-redis  ## every benchmark
+bench-eventhub: $(STAMP)  ## the AMQP source against the test endpoint vs the Kafka source (starts the services)
+	@trap '$(SERVICES) stop >/dev/null 2>&1 || true' EXIT; \
+	  $(SERVICES) start; set -a; source .services/env; set +a; \
+	  $(BIN)/python -m load.bench_eventhub
+
+bench: bench-core bench-kafka bench-redis bench-eventhub  ## every benchmark
 
 services-start:  ## start Kafka, Redis and Azurite on 127.0.0.1 (env in .services/env)
 	$(SERVICES) start

@@ -27,7 +27,7 @@ from tests.eventhub_endpoint.server import EventHubEndpoint
 from tests.helpers import service_env
 from tests.integration.conftest import Detector, DetectorFactory, wait_until
 from tests.integration.eventhub_tools import append_round_robin, checkpointed_total, container_name, owners
-from tests.integration.test_kafka import _consumed_everything, _generate, _hunt_and_state
+from tests.integration.streams import consumed_everything, generate_stream, hunt_and_state
 
 PARTITIONS = 4
 
@@ -75,16 +75,16 @@ def test_end_to_end_alerts_and_state_equal_hunt(
 ) -> None:
     """Every message consumed and checkpointed; alerts and the final state equal hunt; no secret in the logs."""
     stream = tmp_path / "stream.ndjson"
-    messages = _generate(stream, 1500, seed=131, duplicate=0.01)
+    messages = generate_stream(stream, 1500, seed=131, duplicate=0.01)
     append_round_robin(endpoint, messages)
     container, data, alerts = container_name(), tmp_path / "state", tmp_path / "alerts.jsonl"
     detector = detectors(*_args(container, data, "--sink", f"jsonl:{alerts}"), env=_env(endpoint, azurite))
-    wait_until(lambda: _consumed_everything(detector, len(messages)), 120, "the detector to consume the hub")
+    wait_until(lambda: consumed_everything(detector, len(messages)), 120, "the detector to consume the hub")
     wait_until(lambda: _checkpointed(azurite, container, endpoint) == len(messages), 30, "every event checkpointed")
     assert detector.ready()
     assert detector.metric("rmmwatch_messages_total", 'source="eventhub"') == len(messages)
     assert detector.stop() == 0, detector.logs()[-3000:]
-    expected, state = _hunt_and_state(stream, data)
+    expected, state = hunt_and_state(stream, data)
     assert expected and state == expected
     ids = _alert_ids_per_device(alerts)
     assert set(ids) == {row["DeviceId"] for row in expected}
@@ -99,7 +99,7 @@ def test_kill_nine_at_random_points_loses_nothing(
 ) -> None:
     """Ten kill -9s while consuming, restarted each time: checkpoints never go back, state == hunt, alerts once+."""
     stream = tmp_path / "stream.ndjson"
-    messages = _generate(stream, 4000, seed=141, duplicate=0.01)
+    messages = generate_stream(stream, 4000, seed=141, duplicate=0.01)
     append_round_robin(endpoint, messages)
     container, data, alerts = container_name(), tmp_path / "state", tmp_path / "alerts.jsonl"
     args = _args(container, data, "--sink", f"jsonl:{alerts}", "--batch-max-messages", "10", "--log-level", "warning")
@@ -126,9 +126,9 @@ def test_kill_nine_at_random_points_loses_nothing(
     assert committed[-1] < len(messages), "the kills landed before the end of the hub"
     final = detectors(*args, env=env)
     wait_until(lambda: _checkpointed(azurite, container, endpoint) == len(messages), 180, "every event checkpointed")
-    wait_until(lambda: _consumed_everything(final, 1), 60, "the final detector to settle")
+    wait_until(lambda: consumed_everything(final, 1), 60, "the final detector to settle")
     assert final.stop() == 0, final.logs()[-3000:]
-    expected, state = _hunt_and_state(stream, data)
+    expected, state = hunt_and_state(stream, data)
     assert expected and state == expected
     ids = _alert_ids_per_device(alerts)
     assert set(ids) >= {row["DeviceId"] for row in expected}
@@ -141,7 +141,7 @@ def test_dropped_connections_are_survived(
     """Every client connection is cut mid-stream (no AMQP close): the detector reconnects by itself, loses nothing.
     (Connected with a namespace-level connection string and --eventhub-name.)"""
     stream = tmp_path / "stream.ndjson"
-    messages = _generate(stream, 1200, seed=151)
+    messages = generate_stream(stream, 1200, seed=151)
     first, second = messages[:600], messages[600:]
     append_round_robin(endpoint, first)
     container, data = container_name(), tmp_path / "state"
@@ -152,15 +152,15 @@ def test_dropped_connections_are_survived(
         "RMMWATCH_EVENTHUB_NAME": endpoint.hub,
     }
     detector = detectors(*args, env=namespace_level)
-    wait_until(lambda: _consumed_everything(detector, len(first)), 120, "the first half")
+    wait_until(lambda: consumed_everything(detector, len(first)), 120, "the first half")
     assert endpoint.drop_connections() > 0
     append_round_robin(endpoint, second)
-    wait_until(lambda: _consumed_everything(detector, len(messages)), 120, "the second half after the drop")
+    wait_until(lambda: consumed_everything(detector, len(messages)), 120, "the second half after the drop")
     wait_until(lambda: _checkpointed(azurite, container, endpoint) == len(messages), 30, "every event checkpointed")
     wait_until(detector.ready, 60, "readiness after the drop")
     assert detector.process.poll() is None
     assert detector.stop() == 0, detector.logs()[-3000:]
-    expected, state = _hunt_and_state(stream, data)
+    expected, state = hunt_and_state(stream, data)
     assert expected and state == expected
 
 
@@ -216,11 +216,11 @@ def test_two_replicas_share_the_partitions_and_one_takes_over(
 
     wait_until(split, 90, "the replicas to own 2 + 2 partitions", interval_s=2.5)
     stream = tmp_path / "stream.ndjson"
-    messages = _generate(stream, 2000, seed=161)
+    messages = generate_stream(stream, 2000, seed=161)
     first, second = messages[:1000], messages[1000:]
     append_round_robin(endpoint, first)
     wait_until(lambda: _checkpointed(azurite, container, endpoint) == len(first), 90, "the first half checkpointed")
-    wait_until(lambda: _consumed_everything(a, 1) and _consumed_everything(b, 1), 30, "both replicas to settle")
+    wait_until(lambda: consumed_everything(a, 1) and consumed_everything(b, 1), 30, "both replicas to settle")
     consumed_a, consumed_b = a.metric("rmmwatch_messages_total"), b.metric("rmmwatch_messages_total")
     assert consumed_a + consumed_b == len(first), "each message once across the replicas"
     assert consumed_a > 0 and consumed_b > 0
@@ -235,7 +235,7 @@ def test_two_replicas_share_the_partitions_and_one_takes_over(
 
     wait_until(taken_over, 60, "the survivor to own every partition", interval_s=0.5)
     wait_until(lambda: _checkpointed(azurite, container, endpoint) == len(messages), 60, "the rest checkpointed")
-    wait_until(lambda: _consumed_everything(b, 1), 30, "the survivor to settle")
+    wait_until(lambda: consumed_everything(b, 1), 30, "the survivor to settle")
     assert b.metric("rmmwatch_messages_total") - consumed_b == len(second), "the rest once, nothing re-read"
     assert _lagged_partitions(b) == {"0", "1", "2", "3"}
     assert b.stop() == 0, b.logs()[-3000:]

@@ -20,34 +20,13 @@ from rmmwatch.kql.datetimes import format_datetime
 from tests.integration.conftest import (
     DetectorFactory,
     kafka_script,
-    rmmwatch,
     service_env,
     wait_until,
 )
 from tests.integration.kafka_tools import committed_total, create_topic, produce, read_all
+from tests.integration.streams import consumed_everything, generate_stream, hunt_and_state
 
 PARTITIONS = 4
-
-
-def _generate(path: Path, count: int, seed: int, **ratios: float) -> list[bytes]:
-    args = ["generate", "--count", str(count), "--seed", str(seed), "--clock", format_datetime(time.time_ns() // 100),
-            "--step-ms", "1", "--max-records", "8", "--devices", "400", "--netsupport-devices", "40",
-            "--netsupport-ratio", str(ratios.get("netsupport", 0.01))]  # fmt: skip
-    for name in ("duplicate", "malformed", "late", "future"):
-        if name in ratios:
-            args += [f"--{name}-ratio", str(ratios[name])]
-    result = rmmwatch(*args, "--output", str(path))
-    assert result.returncode == 0, result.stderr
-    return path.read_bytes().splitlines()
-
-
-def _hunt_and_state(stream: Path, data_dir: Path) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    at = format_datetime(time.time_ns() // 100)
-    hunted = rmmwatch("hunt", "--now", at, "--format", "json", "--quiet", str(stream))
-    state = rmmwatch("state", "--data-dir", str(data_dir), "--now", at, "--format", "json")
-    assert hunted.returncode == 0, hunted.stderr
-    assert state.returncode == 0, state.stderr
-    return orjson.loads(hunted.stdout), orjson.loads(state.stdout)
 
 
 def _detector_args(bootstrap: str, topic: str, data_dir: Path, *extra: str) -> list[str]:
@@ -56,33 +35,21 @@ def _detector_args(bootstrap: str, topic: str, data_dir: Path, *extra: str) -> l
             "--kafka-session-timeout-ms", "6000", *extra]  # fmt: skip
 
 
-def _consumed_everything(detector: object, total: int) -> bool:
-    from tests.integration.conftest import Detector
-
-    assert isinstance(detector, Detector)
-    return (
-        detector.metric("rmmwatch_messages_total") >= total
-        and detector.metric("rmmwatch_outbox_pending") == 0
-        and detector.metric("rmmwatch_source_commits_total") > 0
-        and detector.metric("rmmwatch_consumer_lag") == 0
-    )
-
-
 def test_end_to_end_alerts_and_state_equal_hunt(
     kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
 ) -> None:
     """Alerts on the alerts topic and the final state equal hunt on the same events."""
     stream = tmp_path / "stream.ndjson"
-    messages = _generate(stream, 1500, seed=31, duplicate=0.01)
+    messages = generate_stream(stream, 1500, seed=31, duplicate=0.01)
     alerts_topic = f"{topic_name}-alerts"
     asyncio.run(create_topic(kafka_bootstrap, topic_name, PARTITIONS))
     asyncio.run(produce(kafka_bootstrap, topic_name, messages, PARTITIONS))
     data = tmp_path / "state"
     detector = detectors(*_detector_args(kafka_bootstrap, topic_name, data, "--sink", f"kafka:{alerts_topic}"))
-    wait_until(lambda: _consumed_everything(detector, len(messages)), 120, "the detector to consume the topic")
+    wait_until(lambda: consumed_everything(detector, len(messages)), 120, "the detector to consume the topic")
     assert detector.ready()
     assert detector.stop() == 0, detector.logs()[-3000:]
-    expected, state = _hunt_and_state(stream, data)
+    expected, state = hunt_and_state(stream, data)
     assert expected and state == expected
     records = asyncio.run(read_all(kafka_bootstrap, alerts_topic, expect_at_least=len(expected)))
     news = [r for r in records if dict(r.headers)["rmmwatch-alert-kind"] == b"new"]
@@ -101,7 +68,7 @@ def test_kill_nine_at_random_points_loses_nothing(
 ) -> None:
     """At least ten kill -9s while consuming, restarted each time: state == hunt, every alert delivered once+."""
     stream = tmp_path / "stream.ndjson"
-    messages = _generate(stream, 8000, seed=41, duplicate=0.01)
+    messages = generate_stream(stream, 8000, seed=41, duplicate=0.01)
     asyncio.run(create_topic(kafka_bootstrap, topic_name, PARTITIONS))
     asyncio.run(produce(kafka_bootstrap, topic_name, messages, PARTITIONS))
     data = tmp_path / "state"
@@ -133,14 +100,14 @@ def test_kill_nine_at_random_points_loses_nothing(
     assert committed == sorted(committed), "committed offsets never move backwards"
     assert committed[-1] < len(messages), "the kills landed before the end of the topic"
     final = detectors(*args)
-    wait_until(lambda: _consumed_everything(final, 1), 180, "the final detector to catch up")
+    wait_until(lambda: consumed_everything(final, 1), 180, "the final detector to catch up")
     wait_until(
         lambda: asyncio.run(committed_total(kafka_bootstrap, group, topic_name, PARTITIONS)) == len(messages),
         120,
         "every offset committed",
     )
     assert final.stop() == 0, final.logs()[-3000:]
-    expected, state = _hunt_and_state(stream, data)
+    expected, state = hunt_and_state(stream, data)
     assert expected and state == expected
     documents = [orjson.loads(line) for line in alerts.read_bytes().splitlines()]
     news = [d for d in documents if d["kind"] == "new"]
@@ -156,13 +123,13 @@ def test_broker_restart_is_survived(
 ) -> None:
     """Kafka stops mid-stream: readiness goes false; it comes back: the detector resumes, nothing lost."""
     stream = tmp_path / "stream.ndjson"
-    messages = _generate(stream, 1200, seed=51)
+    messages = generate_stream(stream, 1200, seed=51)
     first, second = messages[:600], messages[600:]
     asyncio.run(create_topic(kafka_bootstrap, topic_name, PARTITIONS))
     asyncio.run(produce(kafka_bootstrap, topic_name, first, PARTITIONS))
     data = tmp_path / "state"
     detector = detectors(*_detector_args(kafka_bootstrap, topic_name, data, "--sink", f"jsonl:{tmp_path / 'a.jsonl'}"))
-    wait_until(lambda: _consumed_everything(detector, len(first)), 120, "the first half")
+    wait_until(lambda: consumed_everything(detector, len(first)), 120, "the first half")
     try:
         kafka_script("stop")
         wait_until(lambda: not detector.ready(), 60, "readiness to go false while Kafka is down")
@@ -171,9 +138,9 @@ def test_broker_restart_is_survived(
         kafka_script("start")
     asyncio.run(produce(kafka_bootstrap, topic_name, second, PARTITIONS))
     wait_until(detector.ready, 120, "readiness to come back")
-    wait_until(lambda: _consumed_everything(detector, len(messages)), 180, "the second half")
+    wait_until(lambda: consumed_everything(detector, len(messages)), 180, "the second half")
     assert detector.stop() == 0, detector.logs()[-3000:]
-    expected, state = _hunt_and_state(stream, data)
+    expected, state = hunt_and_state(stream, data)
     assert expected and state == expected
 
 
@@ -182,7 +149,7 @@ def test_poison_messages_are_dead_lettered_and_skipped(
 ) -> None:
     """Malformed messages between good ones go to the dead-letter topic with their origin; progress continues."""
     stream = tmp_path / "stream.ndjson"
-    good = _generate(stream, 400, seed=61)
+    good = generate_stream(stream, 400, seed=61)
     poison = [
         b'{"records": [{"properties": {"ProcessVersionInfoCompanyName": "NetSupport',
         b'{"c": "NetSupport \xff\xfe"}',
@@ -198,7 +165,7 @@ def test_poison_messages_are_dead_lettered_and_skipped(
     data = tmp_path / "state"
     detector = detectors(*_detector_args(kafka_bootstrap, topic_name, data, "--sink", f"jsonl:{tmp_path / 'a.jsonl'}",
                                          "--dead-letter-topic", dead_topic))  # fmt: skip
-    wait_until(lambda: _consumed_everything(detector, len(values)), 120, "the topic to be consumed")
+    wait_until(lambda: consumed_everything(detector, len(values)), 120, "the topic to be consumed")
     errors = {
         reason: detector.metric("rmmwatch_decode_errors_total", f'reason="{reason}"')
         for reason in ("malformed_json", "invalid_utf8", "records_not_list", "not_object_or_array")
@@ -214,7 +181,7 @@ def test_poison_messages_are_dead_lettered_and_skipped(
         assert int(headers["rmmwatch-source-offset"]) >= 0
         assert headers["rmmwatch-reason"] in (b"malformed_json", b"invalid_utf8", b"records_not_list",
                                               b"not_object_or_array")  # fmt: skip
-    expected, state = _hunt_and_state(stream, data)
+    expected, state = hunt_and_state(stream, data)
     assert state == expected
 
 
@@ -226,7 +193,7 @@ def test_eventhubs_preset_over_sasl_ssl(
     connection = service_env("RMMWATCH_TEST_EVENTHUBS_CONNECTION_STRING")
     ca = service_env("RMMWATCH_TEST_KAFKA_SASL_CA")
     stream = tmp_path / "stream.ndjson"
-    messages = _generate(stream, 300, seed=71)
+    messages = generate_stream(stream, 300, seed=71)
     asyncio.run(create_topic(kafka_bootstrap, topic_name, 2))
     asyncio.run(produce(kafka_bootstrap, topic_name, messages, 2))
     data = tmp_path / "state"
@@ -235,12 +202,12 @@ def test_eventhubs_preset_over_sasl_ssl(
         "--kafka-ssl-ca-file", ca, "--data-dir", str(data), "--sink", f"jsonl:{tmp_path / 'a.jsonl'}",
         env={"RMMWATCH_EVENTHUBS_CONNECTION_STRING": connection},
     )  # fmt: skip
-    wait_until(lambda: _consumed_everything(detector, len(messages)), 120, "consumption over SASL_SSL")
+    wait_until(lambda: consumed_everything(detector, len(messages)), 120, "consumption over SASL_SSL")
     assert detector.stop() == 0
     logs = detector.logs()
     assert connection not in logs
     assert connection.split("SharedAccessKey=")[1] not in logs
-    expected, state = _hunt_and_state(stream, data)
+    expected, state = hunt_and_state(stream, data)
     assert expected and state == expected
 
 
@@ -278,7 +245,7 @@ def test_new_group_starting_position(
 ) -> None:
     """--kafka-start latest skips what is there; a time skips what came before it."""
     stream = tmp_path / "stream.ndjson"
-    messages = _generate(stream, 200, seed=81, netsupport=0.05)
+    messages = generate_stream(stream, 200, seed=81, netsupport=0.05)
     asyncio.run(create_topic(kafka_bootstrap, topic_name, 1))
     asyncio.run(produce(kafka_bootstrap, topic_name, messages[:100], 1))
     time.sleep(1.5)
