@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt | sha1
 SERVICES := scripts/services/all.sh
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-unit lint lint-python lint-deploy format bench bench-core bench-kafka bench-redis bench-eventhub services-start services-stop clean lock
+.PHONY: help install run test test-unit lint lint-python lint-deploy format bench bench-core bench-kafka bench-redis bench-eventhub services-start services-stop clean lock bench-compare
 
 help:  ## show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -70,7 +70,12 @@ bench-eventhub: $(STAMP)  ## the AMQP source against the test endpoint vs the Ka
 	  $(SERVICES) start; set -a; source .services/env; set +a; \
 	  $(BIN)/python -m load.bench_eventhub
 
-bench: bench-core bench-kafka bench-redis bench-eventhub  ## every benchmark
+bench-compare: $(STAMP)  ## rmmwatch vs kcat, confluent-kafka, aiokafka, Quix, Faust; latency, scaling, RSS (~15 min)
+	@trap '$(SERVICES) stop >/dev/null 2>&1 || true' EXIT; \
+	  $(SERVICES) start; set -a; source .services/env; set +a; \
+	  $(BIN)/python -m load.bench
+
+bench: bench-core bench-kafka bench-redis bench-eventhub bench-compare  ## every benchmark
 
 services-start:  ## start Kafka, Redis and Azurite on 127.0.0.1 (env in .services/env)
 	$(SERVICES) start
