@@ -290,3 +290,60 @@ async def test_alert_payload_is_byte_identical_on_redelivery(make_store: StoreFa
     twice = await store.pending_alerts(10)
     assert [a.payload for a in once] == [a.payload for a in twice]
     assert orjson.loads(once[0].payload)["alert_id"] == once[0].alert_id
+
+
+def _alert_view(alerts: list[Any]) -> list[tuple[str, int, str, bytes]]:
+    return sorted((a.alert_id, a.revision, a.kind, a.payload) for a in alerts)
+
+
+async def test_a_batch_applied_in_slices_gives_what_it_gives_at_once(
+    make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slicing a large batch (whole groups per slice) changes neither the state nor the alerts."""
+    rule = rule_with_alerting("  update: every\n")
+    detector = Detector([rule])
+    # Five devices, their events interleaved; a 'new' then 'update' group already open before.
+    rows = [row(device=f"d{i % 5}", ticks=T0 - (i + 1) * MINUTE, report=7000 + i) for i in range(23)]
+    earlier = [row(device="d0", ticks=T0 - DAY, report=6999)]
+    views = []
+    for name, limit in (("whole", 10_000), ("sliced", 3)):
+        monkeypatch.setattr("rmmwatch.stores.engine.APPLY_SLICE", limit)
+        store = await _open(make_store, [rule], name=name)
+        before = await store.apply(matches(detector, earlier), T0 - SECOND)
+        result = await store.apply(matches(detector, rows + rows[:4]), T0)  # with duplicates
+        counts = (result.inserted, result.duplicates, result.out_of_window, result.future)
+        views.append(
+            (
+                _alert_view(before.alerts),
+                _alert_view(result.alerts),
+                counts,
+                await store.summaries(rule, T0),
+                _alert_view(await store.pending_alerts(100)),
+            )
+        )
+    assert views[0] == views[1]
+    assert views[0][2] == (23, 4, 0, 0)
+    assert sorted(kind for _, _, kind, _ in views[0][1]) == ["new"] * 4 + ["update"]
+
+
+async def test_apply_many_equals_applying_each_part(make_store: StoreFactory) -> None:
+    """Group commit: several batches in one call give the alerts and state of one call per batch."""
+    rule = rule_with_alerting("  update: every\n")
+    detector = Detector([rule])
+    parts = [
+        matches(detector, [row(device="a", ticks=T0 - 3 * MINUTE, report=1), row(device="b", report=2)]),
+        matches(detector, [row(device="a", ticks=T0 - 2 * MINUTE, report=3)]),
+        [],
+        matches(detector, [row(device="b", ticks=T0 - MINUTE, report=4), row(device="c", report=5)]),
+    ]
+    separate = await _open(make_store, [rule], name="separate")
+    one_by_one = []
+    for part in parts:
+        one_by_one += (await separate.apply(part, T0)).alerts
+    grouped = await _open(make_store, [rule], name="grouped")
+    together = await grouped.apply_many(parts, T0)
+    assert _alert_view(together.alerts) == _alert_view(one_by_one)
+    assert sorted(a.kind for a in together.alerts) == ["new", "new", "new", "update", "update"]
+    assert together.inserted == 5
+    assert await grouped.summaries(rule, T0) == await separate.summaries(rule, T0)
+    assert _alert_view(await grouped.pending_alerts(100)) == _alert_view(await separate.pending_alerts(100))

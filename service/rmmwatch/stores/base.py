@@ -44,6 +44,24 @@ class ApplyResult:
     out_of_window_by_rule: dict[str, int] = field(default_factory=dict)
     future_by_rule: dict[str, int] = field(default_factory=dict)
 
+    def merge(self, other: ApplyResult) -> None:
+        """Add what ``other`` did to this result (several engine calls inside one store call)."""
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        self.out_of_window += other.out_of_window
+        self.future += other.future
+        self.activated += other.activated
+        self.expired += other.expired
+        self.alerts.extend(other.alerts)
+        for mine, theirs in (
+            (self.inserted_by_rule, other.inserted_by_rule),
+            (self.duplicates_by_rule, other.duplicates_by_rule),
+            (self.out_of_window_by_rule, other.out_of_window_by_rule),
+            (self.future_by_rule, other.future_by_rule),
+        ):
+            for key, count in theirs.items():
+                mine[key] = mine.get(key, 0) + count
+
 
 @dataclass(frozen=True, slots=True)
 class StateStats:
@@ -68,6 +86,10 @@ class Store(Protocol):
         """Advance the groups of ``matches`` to ``now``, add the matches, write the resulting alerts to
         the outbox, atomically per group. (A store may advance other groups too; ``tick`` does.)"""
 
+    async def apply_many(self, parts: Sequence[Sequence[Match]], now: int) -> ApplyResult:
+        """``apply`` of each part in turn at ``now`` (the same alerts and state as separate calls),
+        in as few writes as the store can: the sqlite store makes it one transaction (group commit)."""
+
     async def tick(self, now: int) -> ApplyResult:
         """Advance to ``now``: expire, activate future-dated events, end episodes, flush throttled updates."""
 
@@ -75,7 +97,11 @@ class Store(Protocol):
         """Outbox alerts not yet marked sent, oldest first."""
 
     async def mark_sent(self, keys: Sequence[tuple[str, int]]) -> None:
-        """Mark outbox alerts delivered (idempotent)."""
+        """Mark outbox alerts delivered (idempotent): ``pending_alerts`` no longer returns them.
+
+        The mark need not be durable when this returns (the sqlite store writes it with its next
+        transaction): a crash before it is written only re-sends those alerts, byte for byte with
+        the same ``(alert_id, revision)``, which is the sinks' at-least-once contract anyway."""
 
     async def summaries(self, rule: Rule, now: int) -> list[dict[str, Any]]:
         """The rule's output rows at ``now``, rendered and sorted like ``hunt``'s."""

@@ -20,7 +20,7 @@ store runs the same logic as Lua. The rules it implements:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +35,40 @@ UNBOUNDED_PAST = -(1 << 62)
 UNBOUNDED_FUTURE = 1 << 62
 
 GroupRef = tuple[str, str]  # (rule id, group key)
+
+#: At most this many matches per engine call (``group_slices``): bounds the memory one store call
+#: holds (event rows, alerts and their payloads, SQL parameters) whatever the match ratio of a batch.
+APPLY_SLICE = 1_000
+
+
+def group_slices(matches: Sequence[Match], limit: int | None = None) -> Iterator[Sequence[Match]]:
+    """``matches`` in slices of at most ``limit`` (default ``APPLY_SLICE``) that never split a group
+    (a group with more than ``limit`` matches is one slice of its own), each group's matches in their
+    order.
+
+    Applying the slices one after the other at one ``now`` gives exactly the state and alerts of
+    applying ``matches`` at once: the engine decides per group (new, update, throttle) from that
+    group's events alone, and the second advance to the same ``now`` finds nothing to do (every
+    event just inserted is inside the window, and pending ones activate after ``now``). Only the
+    order in which different groups' alerts are created may differ (the outbox orders them by
+    creation time, then ``alert_id``).
+    """
+    if limit is None:
+        limit = APPLY_SLICE
+    if len(matches) <= limit:
+        yield matches
+        return
+    groups: dict[GroupRef, list[Match]] = {}
+    for match in matches:
+        groups.setdefault((match.rule.id, match.group_key), []).append(match)
+    current: list[Match] = []
+    for group in groups.values():
+        if current and len(current) + len(group) > limit:
+            yield current
+            current = []
+        current.extend(group)
+    if current:
+        yield current
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from rmmwatch.alerts import Alert
 from rmmwatch.events import Match
 from rmmwatch.rules import Rule
 from rmmwatch.stores.base import ApplyResult, StateStats
-from rmmwatch.stores.engine import Engine, Episode, EventRow, GroupRef
+from rmmwatch.stores.engine import Engine, Episode, EventRow, GroupRef, group_slices
 
 
 class MemoryBackend:
@@ -122,7 +122,16 @@ class MemoryStore:
         return None
 
     async def apply(self, matches: Sequence[Match], now: int) -> ApplyResult:
-        return self.engine.apply(self.backend, matches, now)
+        result = ApplyResult()
+        for part in group_slices(matches):
+            result.merge(self.engine.apply(self.backend, part, now))
+        return result
+
+    async def apply_many(self, parts: Sequence[Sequence[Match]], now: int) -> ApplyResult:
+        result = ApplyResult()
+        for part in parts:
+            result.merge(await self.apply(part, now))
+        return result
 
     async def tick(self, now: int) -> ApplyResult:
         return self.engine.tick(self.backend, now)

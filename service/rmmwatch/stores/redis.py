@@ -238,6 +238,13 @@ class RedisStore:
             self._absorb(rule, group, reply, result)
         return result
 
+    async def apply_many(self, parts: Sequence[Sequence[Match]], now: int) -> ApplyResult:
+        # Each apply is atomic per group and already one round trip: nothing to group here.
+        result = ApplyResult()
+        for part in parts:
+            result.merge(await self.apply(part, now))
+        return result
+
     async def _run(
         self, calls: Sequence[tuple[Rule, _Group, Sequence[Match]]], now: int, mode: str, *, schedule: bool
     ) -> list[Any]:

@@ -4,6 +4,15 @@
   (``synchronous=normal`` trades that for speed: it still survives a killed process).
 * Every call runs in one dedicated thread (SQLite connections are not shared across
   threads, and the event loop keeps serving health checks while SQLite syncs).
+* ``mark_sent`` does not commit (no fsync of its own): it opens, or joins, the write
+  transaction that the next ``apply``/``apply_many``/``tick`` (at most a tick interval later)
+  or ``close`` commits. This connection reads its own marks at once, so ``pending_alerts``
+  never returns a delivered alert twice within a run; a crash before that commit re-sends
+  those alerts after the restart, byte for byte with the same ``(alert_id, revision)`` (the
+  sinks' at-least-once contract). State and new alerts are never left uncommitted: every
+  ``apply`` and ``tick`` commits before it returns.
+* ``apply_many`` (group commit) applies several batches in one transaction, one fsync; a
+  large batch is applied in slices of whole groups (``engine.group_slices``) inside it.
 * Single process: an exclusive ``flock`` on ``<db>.lock`` is held while open. A second
   rmmwatch on the same file is refused with :class:`StoreLocked`. Several replicas must use
   the redis store: with one SQLite file per replica each would see part of every device's
@@ -18,6 +27,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +38,7 @@ from rmmwatch.events import Match
 from rmmwatch.kql.datetimes import TICKS_PER_DAY
 from rmmwatch.rules import Rule
 from rmmwatch.stores.base import ApplyResult, StateStats, StoreLocked, StoreUnavailable
-from rmmwatch.stores.engine import Engine, Episode, EventRow, GroupRef
+from rmmwatch.stores.engine import Engine, Episode, EventRow, GroupRef, group_slices
 
 T = TypeVar("T")
 
@@ -327,6 +337,9 @@ class SqliteStore:
 
     def _close_sync(self) -> None:
         if self._db is not None:
+            if self._db.in_transaction:  # marks of delivered alerts (mark_sent) not yet committed
+                with suppress(sqlite3.Error):  # if it fails, the next run re-sends them (same keys)
+                    self._db.execute("COMMIT")
             self._db.close()
             self._db = None
         if self._lock_fd is not None:
@@ -345,7 +358,8 @@ class SqliteStore:
         if db is None:
             raise StoreUnavailable("the sqlite store is not open")
         try:
-            db.execute("BEGIN IMMEDIATE")
+            if not db.in_transaction:  # else: the one mark_sent opened, committed with this body
+                db.execute("BEGIN IMMEDIATE")
             try:
                 result = body(SqliteBackend(db))
             except BaseException:
@@ -358,7 +372,17 @@ class SqliteStore:
 
     # -- the store --------------------------------------------------------------------------
     async def apply(self, matches: Sequence[Match], now: int) -> ApplyResult:
-        return await self._run(lambda: self._transaction(lambda b: self.engine.apply(b, matches, now)))
+        return await self.apply_many([matches], now)
+
+    async def apply_many(self, parts: Sequence[Sequence[Match]], now: int) -> ApplyResult:
+        def body(backend: SqliteBackend) -> ApplyResult:
+            result = ApplyResult()
+            for part in parts:
+                for piece in group_slices(part):
+                    result.merge(self.engine.apply(backend, piece, now))
+            return result
+
+        return await self._run(lambda: self._transaction(body))
 
     async def tick(self, now: int) -> ApplyResult:
         def body(backend: SqliteBackend) -> ApplyResult:
@@ -384,10 +408,21 @@ class SqliteStore:
         if not keys:
             return
 
-        def body(backend: SqliteBackend) -> None:
-            backend.db.executemany("UPDATE outbox SET sent = 1 WHERE alert_id = ? AND revision = ?", keys)
+        def mark() -> None:
+            db = self._db
+            if db is None:
+                raise StoreUnavailable("the sqlite store is not open")
+            try:
+                if not db.in_transaction:
+                    db.execute("BEGIN IMMEDIATE")
+                db.executemany("UPDATE outbox SET sent = 1 WHERE alert_id = ? AND revision = ?", keys)
+            except sqlite3.OperationalError as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise StoreUnavailable(f"sqlite: {exc}") from None
+            # Left open: the next apply, tick or close commits it (see the module's docstring).
 
-        await self._run(lambda: self._transaction(body))
+        await self._run(mark)
 
     async def summaries(self, rule: Rule, now: int) -> list[dict[str, Any]]:
         def read() -> list[dict[str, Any]]:
