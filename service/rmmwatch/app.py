@@ -299,8 +299,9 @@ class App:
                 await self._dead_letter(batch, result)
                 self._log_excluded(result)
                 decoded = _Decoded(batch.position, len(batch.messages), result, started)
-                del batch  # the raw messages, possibly megabytes, are not kept while the batch waits
+                del batch, result  # the raw messages, possibly megabytes, are not kept while the batch waits
                 await self._queue.put(decoded)
+                del decoded  # the commit stage owns it now (and frees its matches once applied)
         finally:
             if not committer.done():
                 await self._queue.put(None)
@@ -314,6 +315,7 @@ class App:
             # Group commit: the batches that queued up while the previous ones were applied and
             # delivered go through the store, the sinks and the source commit together.
             items = [item]
+            del item
             last = False
             while len(items) < GROUP_COMMIT_MAX and not self._queue.empty():
                 more = self._queue.get_nowait()
@@ -321,24 +323,38 @@ class App:
                     last = True
                     break
                 items.append(more)
-            applied = await self._apply([i.result.matches for i in items])
-            if applied is None:
+            if not await self._commit_items(items):
                 return  # stopping while the store was down: nothing committed, re-read on restart
-            self._count_applied(applied)
-            self._uncommitted = items[-1].position  # cumulative: covers the earlier batches
-            self._has_uncommitted = True
-            if applied.alerts:
-                self._outbox_dirty = True
-            await self._deliver_and_commit(force=bool(applied.alerts))
-            done = time.perf_counter()
-            for i in items:
-                self.metrics.batch_seconds.observe(done - i.started)
-                self.metrics.batch_messages.observe(i.messages)
-                self.stats["batches"] += 1
-                self.stats["messages"] += i.result.messages
-                self.stats["matches"] += len(i.result.matches)
+            del items
             if last:
                 return
+
+    async def _commit_items(self, items: list[_Decoded]) -> bool:
+        """Apply, deliver and commit decoded batches (in order); False if stopped before applying."""
+        parts = [i.result.matches for i in items]
+        matched = [len(p) for p in parts]
+        for i in items:  # the matches are referenced by ``parts`` alone: freed once applied
+            i.result.matches = []
+            i.result.excluded = []
+        applied = await self._apply(parts)
+        del parts
+        if applied is None:
+            return False
+        self._count_applied(applied)
+        self._uncommitted = items[-1].position  # cumulative: covers the earlier batches
+        self._has_uncommitted = True
+        created = applied.created
+        if created:
+            self._outbox_dirty = True
+        await self._deliver_and_commit(force=bool(created))
+        done = time.perf_counter()
+        for i, count in zip(items, matched, strict=True):
+            self.metrics.batch_seconds.observe(done - i.started)
+            self.metrics.batch_messages.observe(i.messages)
+            self.stats["batches"] += 1
+            self.stats["messages"] += i.result.messages
+            self.stats["matches"] += count
+        return True
 
     async def _deliver_and_commit(self, *, force: bool = False) -> None:
         async with self._delivery_lock:
@@ -346,6 +362,7 @@ class App:
             await self._commit_if_delivered()
 
     async def _apply(self, parts: list[list[Match]]) -> ApplyResult | None:
+        """The store's ``apply_many`` of the non-empty parts, retried while the store is down."""
         parts = [p for p in parts if p]
         if not parts:
             # Nothing matched: no store call, no transaction. The store keeps nothing per batch
@@ -355,11 +372,8 @@ class App:
         backoff = Backoff()
         while True:
             try:
-                now = self.clock()
-                if len(parts) == 1:
-                    applied = await self.store.apply(parts[0], now)
-                else:
-                    applied = await self.store.apply_many(parts, now)
+                # apply_many even for one batch: it counts the alerts it creates without holding them.
+                applied = await self.store.apply_many(parts, self.clock())
                 self._store_ok = True
                 return applied
             except StoreUnavailable as exc:
@@ -388,7 +402,7 @@ class App:
         self._count_applied(applied)
         # Every tick looks at the outbox: a shared store may hand over alerts another replica left.
         self._outbox_dirty = True
-        await self._deliver(force=bool(applied.alerts))
+        await self._deliver(force=bool(applied.created))
         if self._last_tick - self._last_stats >= 15 * self.tick_interval_s:
             self._last_stats = self._last_tick
             await self._refresh_state_gauges()
@@ -495,8 +509,8 @@ class App:
             m.out_of_window.labels(rule=rule_id).inc(count)
         for rule_id, count in applied.future_by_rule.items():
             m.future_dated.labels(rule=rule_id).inc(count)
-        for alert in applied.alerts:
-            m.alerts_created.labels(rule=alert.rule_id, kind=alert.kind).inc()
+        for (rule_id, kind), count in applied.alert_counts.items():
+            m.alerts_created.labels(rule=rule_id, kind=kind).inc(count)
 
     async def _dead_letter(self, batch: Batch, result: BatchResult) -> None:
         if not result.problems:

@@ -38,11 +38,27 @@ class ApplyResult:
     activated: int = 0
     expired: int = 0
     alerts: list[Alert] = field(default_factory=list)
+    #: (rule id, kind) -> alerts created, always counted (also when ``alerts`` is not kept)
+    alert_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: False: created alerts are only counted (they are in the outbox); bounds what a large call holds
+    keep_alerts: bool = True
     # rule id -> count, for the per-rule metrics
     inserted_by_rule: dict[str, int] = field(default_factory=dict)
     duplicates_by_rule: dict[str, int] = field(default_factory=dict)
     out_of_window_by_rule: dict[str, int] = field(default_factory=dict)
     future_by_rule: dict[str, int] = field(default_factory=dict)
+
+    def record(self, alert: Alert) -> None:
+        """Count a created alert, and keep it when this result keeps alerts."""
+        key = (alert.rule_id, alert.kind)
+        self.alert_counts[key] = self.alert_counts.get(key, 0) + 1
+        if self.keep_alerts:
+            self.alerts.append(alert)
+
+    @property
+    def created(self) -> int:
+        """How many alerts the call created."""
+        return sum(self.alert_counts.values())
 
     def merge(self, other: ApplyResult) -> None:
         """Add what ``other`` did to this result (several engine calls inside one store call)."""
@@ -52,7 +68,10 @@ class ApplyResult:
         self.future += other.future
         self.activated += other.activated
         self.expired += other.expired
-        self.alerts.extend(other.alerts)
+        if self.keep_alerts:
+            self.alerts.extend(other.alerts)
+        for kind, count in other.alert_counts.items():
+            self.alert_counts[kind] = self.alert_counts.get(kind, 0) + count
         for mine, theirs in (
             (self.inserted_by_rule, other.inserted_by_rule),
             (self.duplicates_by_rule, other.duplicates_by_rule),
@@ -88,7 +107,11 @@ class Store(Protocol):
 
     async def apply_many(self, parts: Sequence[Sequence[Match]], now: int) -> ApplyResult:
         """``apply`` of each part in turn at ``now`` (the same alerts and state as separate calls),
-        in as few writes as the store can: the sqlite store makes it one transaction (group commit)."""
+        in as few writes as the store can: the sqlite store makes it one transaction (group commit).
+
+        The result counts the alerts created (``alert_counts``) but does not hold them
+        (``alerts`` is empty, ``keep_alerts`` False): they are in the outbox, and a batch of
+        thousands of matches would otherwise keep thousands of payloads alive."""
 
     async def tick(self, now: int) -> ApplyResult:
         """Advance to ``now``: expire, activate future-dated events, end episodes, flush throttled updates."""

@@ -155,8 +155,8 @@ class Engine:
         self.rules = {rule.id: rule for rule in rules}
 
     # -- entry points --------------------------------------------------------------------
-    def apply(self, backend: Backend, matches: Sequence[Match], now: int) -> ApplyResult:
-        result = ApplyResult()
+    def apply(self, backend: Backend, matches: Sequence[Match], now: int, *, keep_alerts: bool = True) -> ApplyResult:
+        result = ApplyResult(keep_alerts=keep_alerts)
         self._advance(backend, now, result)
         changes: dict[GroupRef, _Change] = {}
         for match in matches:
@@ -321,7 +321,7 @@ class Engine:
             now=now,
         )
         backend.add_alert(alert)
-        result.alerts.append(alert)
+        result.record(alert)
 
     def _alert(
         self,
@@ -350,7 +350,7 @@ class Engine:
             now=now,
         )
         backend.add_alert(alert)
-        result.alerts.append(alert)
+        result.record(alert)
 
 
 def _bump(counter: dict[str, int], key: str) -> None:

@@ -128,7 +128,7 @@ class MemoryStore:
         return result
 
     async def apply_many(self, parts: Sequence[Sequence[Match]], now: int) -> ApplyResult:
-        result = ApplyResult()
+        result = ApplyResult(keep_alerts=False)
         for part in parts:
             result.merge(await self.apply(part, now))
         return result

@@ -240,7 +240,7 @@ class RedisStore:
 
     async def apply_many(self, parts: Sequence[Sequence[Match]], now: int) -> ApplyResult:
         # Each apply is atomic per group and already one round trip: nothing to group here.
-        result = ApplyResult()
+        result = ApplyResult(keep_alerts=False)
         for part in parts:
             result.merge(await self.apply(part, now))
         return result
@@ -348,7 +348,7 @@ class RedisStore:
                 alert = self._alert(rule, specs[i + 1])
                 self._pending.setdefault(alert.key, _Pending(alert, group, specs[i].decode()))
                 if fresh:
-                    result.alerts.append(alert)
+                    result.record(alert)
         return due.decode() if isinstance(due, bytes) else str(due)
 
     def _alert(self, rule: Rule, spec: bytes) -> Alert:

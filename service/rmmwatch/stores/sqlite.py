@@ -12,7 +12,8 @@
   sinks' at-least-once contract). State and new alerts are never left uncommitted: every
   ``apply`` and ``tick`` commits before it returns.
 * ``apply_many`` (group commit) applies several batches in one transaction, one fsync; a
-  large batch is applied in slices of whole groups (``engine.group_slices``) inside it.
+  large batch is applied in slices of whole groups (``engine.group_slices``) inside it, and
+  its alerts are counted, not returned (they are in the outbox), so memory stays bounded.
 * Single process: an exclusive ``flock`` on ``<db>.lock`` is held while open. A second
   rmmwatch on the same file is refused with :class:`StoreLocked`. Several replicas must use
   the redis store: with one SQLite file per replica each would see part of every device's
@@ -372,14 +373,17 @@ class SqliteStore:
 
     # -- the store --------------------------------------------------------------------------
     async def apply(self, matches: Sequence[Match], now: int) -> ApplyResult:
-        return await self.apply_many([matches], now)
+        return await self._apply([matches], now, keep_alerts=True)
 
     async def apply_many(self, parts: Sequence[Sequence[Match]], now: int) -> ApplyResult:
+        return await self._apply(parts, now, keep_alerts=False)
+
+    async def _apply(self, parts: Sequence[Sequence[Match]], now: int, *, keep_alerts: bool) -> ApplyResult:
         def body(backend: SqliteBackend) -> ApplyResult:
-            result = ApplyResult()
+            result = ApplyResult(keep_alerts=keep_alerts)
             for part in parts:
                 for piece in group_slices(part):
-                    result.merge(self.engine.apply(backend, piece, now))
+                    result.merge(self.engine.apply(backend, piece, now, keep_alerts=keep_alerts))
             return result
 
         return await self._run(lambda: self._transaction(body))
