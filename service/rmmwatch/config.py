@@ -129,6 +129,13 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(
         "--kafka-start", "where a new group starts: earliest, latest, or an ISO 8601 time", "earliest", group="kafka"
     ),
+    Option(
+        "--kafka-client",
+        "Kafka client library of the source: confluent (librdkafka, several times faster) or aiokafka",
+        "confluent",
+        choices=("confluent", "aiokafka"),
+        group="kafka",
+    ),
     Option("--kafka-client-id", "client id sent to the brokers", "rmmwatch", group="kafka"),
     Option(
         "--kafka-security-protocol",
@@ -431,6 +438,7 @@ class RunConfig:
     kafka_topics: list[str] = field(default_factory=list)
     kafka_group_id: str = "rmmwatch"
     kafka_start: str = "earliest"
+    kafka_client: str = "confluent"
     kafka_client_id: str = "rmmwatch"
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = "PLAIN"

@@ -93,6 +93,37 @@ class KafkaSettings:
                 options["sasl_plain_password"] = self.sasl_password
         return options
 
+    def librdkafka_config(self) -> dict[str, Any]:
+        """The same settings as librdkafka properties (the ``confluent`` client)."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol.lower(),
+            "metadata.max.age.ms": self.metadata_max_age_ms,
+            "socket.timeout.ms": self.request_timeout_ms,
+            "connections.max.idle.ms": self.connections_max_idle_ms,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            if self.ssl_ca_file:
+                config["ssl.ca.location"] = self.ssl_ca_file
+            if self.ssl_cert_file:
+                config["ssl.certificate.location"] = self.ssl_cert_file
+            if self.ssl_key_file:
+                config["ssl.key.location"] = self.ssl_key_file
+            config["ssl.endpoint.identification.algorithm"] = "https" if self.ssl_check_hostname else "none"
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism == "OAUTHBEARER":
+                raise ConfigError(
+                    "--kafka-client confluent does not take aiokafka token providers: "
+                    "use --kafka-client aiokafka for OAUTHBEARER"
+                )
+            if not self.sasl_username or self.sasl_password is None:
+                raise ConfigError(f"SASL {self.sasl_mechanism} needs --kafka-sasl-username and --kafka-sasl-password")
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username
+            config["sasl.password"] = self.sasl_password
+        return config
+
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.ssl_ca_file)
         context.check_hostname = self.ssl_check_hostname

@@ -27,16 +27,19 @@ from tests.integration.kafka_tools import committed_total, create_topic, produce
 from tests.integration.streams import consumed_everything, generate_stream, hunt_and_state
 
 PARTITIONS = 4
+# Every test runs with both Kafka clients of the source (the alert and dead-letter producers are aiokafka's).
+pytestmark = pytest.mark.parametrize("kafka_client", ["confluent", "aiokafka"])
 
 
-def _detector_args(bootstrap: str, topic: str, data_dir: Path, *extra: str) -> list[str]:
-    return ["--source", "kafka", "--kafka-bootstrap-servers", bootstrap, "--kafka-topics", topic,
+def _detector_args(client: str, bootstrap: str, topic: str, data_dir: Path, *extra: str) -> list[str]:
+    return ["--source", "kafka", "--kafka-client", client, "--kafka-bootstrap-servers", bootstrap,
+            "--kafka-topics", topic,
             "--kafka-group-id", f"g-{topic}", "--data-dir", str(data_dir), "--tick-interval", "0.2",
             "--kafka-session-timeout-ms", "6000", *extra]  # fmt: skip
 
 
 def test_end_to_end_alerts_and_state_equal_hunt(
-    kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
+    kafka_client: str, kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
 ) -> None:
     """Alerts on the alerts topic and the final state equal hunt on the same events."""
     stream = tmp_path / "stream.ndjson"
@@ -45,7 +48,9 @@ def test_end_to_end_alerts_and_state_equal_hunt(
     asyncio.run(create_topic(kafka_bootstrap, topic_name, PARTITIONS))
     asyncio.run(produce(kafka_bootstrap, topic_name, messages, PARTITIONS))
     data = tmp_path / "state"
-    detector = detectors(*_detector_args(kafka_bootstrap, topic_name, data, "--sink", f"kafka:{alerts_topic}"))
+    detector = detectors(
+        *_detector_args(kafka_client, kafka_bootstrap, topic_name, data, "--sink", f"kafka:{alerts_topic}")
+    )
     wait_until(lambda: consumed_everything(detector, len(messages)), 120, "the detector to consume the topic")
     assert detector.ready()
     assert detector.stop() == 0, detector.logs()[-3000:]
@@ -64,7 +69,7 @@ def test_end_to_end_alerts_and_state_equal_hunt(
 
 
 def test_kill_nine_at_random_points_loses_nothing(
-    kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
+    kafka_client: str, kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
 ) -> None:
     """At least ten kill -9s while consuming, restarted each time: state == hunt, every alert delivered once+."""
     stream = tmp_path / "stream.ndjson"
@@ -73,8 +78,8 @@ def test_kill_nine_at_random_points_loses_nothing(
     asyncio.run(produce(kafka_bootstrap, topic_name, messages, PARTITIONS))
     data = tmp_path / "state"
     alerts = tmp_path / "alerts.jsonl"
-    args = _detector_args(kafka_bootstrap, topic_name, data, "--sink", f"jsonl:{alerts}", "--batch-max-messages", "10",
-                          "--log-level", "warning")  # fmt: skip
+    args = _detector_args(kafka_client, kafka_bootstrap, topic_name, data, "--sink", f"jsonl:{alerts}",
+                          "--batch-max-messages", "10", "--log-level", "warning")  # fmt: skip
     group = f"g-{topic_name}"
     rng = random.Random(7)
     kills = 0
@@ -119,7 +124,7 @@ def test_kill_nine_at_random_points_loses_nothing(
 
 
 def test_broker_restart_is_survived(
-    kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
+    kafka_client: str, kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
 ) -> None:
     """Kafka stops mid-stream: readiness goes false; it comes back: the detector resumes, nothing lost."""
     stream = tmp_path / "stream.ndjson"
@@ -128,7 +133,9 @@ def test_broker_restart_is_survived(
     asyncio.run(create_topic(kafka_bootstrap, topic_name, PARTITIONS))
     asyncio.run(produce(kafka_bootstrap, topic_name, first, PARTITIONS))
     data = tmp_path / "state"
-    detector = detectors(*_detector_args(kafka_bootstrap, topic_name, data, "--sink", f"jsonl:{tmp_path / 'a.jsonl'}"))
+    detector = detectors(
+        *_detector_args(kafka_client, kafka_bootstrap, topic_name, data, "--sink", f"jsonl:{tmp_path / 'a.jsonl'}")
+    )
     wait_until(lambda: consumed_everything(detector, len(first)), 120, "the first half")
     try:
         kafka_script("stop")
@@ -145,7 +152,7 @@ def test_broker_restart_is_survived(
 
 
 def test_poison_messages_are_dead_lettered_and_skipped(
-    kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
+    kafka_client: str, kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
 ) -> None:
     """Malformed messages between good ones go to the dead-letter topic with their origin; progress continues."""
     stream = tmp_path / "stream.ndjson"
@@ -163,7 +170,8 @@ def test_poison_messages_are_dead_lettered_and_skipped(
     asyncio.run(create_topic(kafka_bootstrap, topic_name, PARTITIONS))
     asyncio.run(produce(kafka_bootstrap, topic_name, values, PARTITIONS))
     data = tmp_path / "state"
-    detector = detectors(*_detector_args(kafka_bootstrap, topic_name, data, "--sink", f"jsonl:{tmp_path / 'a.jsonl'}",
+    detector = detectors(*_detector_args(kafka_client, kafka_bootstrap, topic_name, data,
+                                         "--sink", f"jsonl:{tmp_path / 'a.jsonl'}",
                                          "--dead-letter-topic", dead_topic))  # fmt: skip
     wait_until(lambda: consumed_everything(detector, len(values)), 120, "the topic to be consumed")
     errors = {
@@ -186,7 +194,7 @@ def test_poison_messages_are_dead_lettered_and_skipped(
 
 
 def test_eventhubs_preset_over_sasl_ssl(
-    kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
+    kafka_client: str, kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory
 ) -> None:
     """The Event Hubs preset (SASL_SSL, PLAIN, $ConnectionString) connects to the SASL listener and consumes."""
     sasl = service_env("RMMWATCH_TEST_KAFKA_SASL_BOOTSTRAP")
@@ -198,8 +206,9 @@ def test_eventhubs_preset_over_sasl_ssl(
     asyncio.run(produce(kafka_bootstrap, topic_name, messages, 2))
     data = tmp_path / "state"
     detector = detectors(
-        "--source", "kafka", "--kafka-bootstrap-servers", sasl, "--kafka-topics", topic_name,
-        "--kafka-ssl-ca-file", ca, "--data-dir", str(data), "--sink", f"jsonl:{tmp_path / 'a.jsonl'}",
+        "--source", "kafka", "--kafka-client", kafka_client, "--kafka-bootstrap-servers", sasl,
+        "--kafka-topics", topic_name, "--kafka-ssl-ca-file", ca, "--data-dir", str(data),
+        "--sink", f"jsonl:{tmp_path / 'a.jsonl'}",
         env={"RMMWATCH_EVENTHUBS_CONNECTION_STRING": connection},
     )  # fmt: skip
     wait_until(lambda: consumed_everything(detector, len(messages)), 120, "consumption over SASL_SSL")
@@ -211,7 +220,7 @@ def test_eventhubs_preset_over_sasl_ssl(
     assert expected and state == expected
 
 
-def test_wrong_password_fails_fast_without_printing_it(topic_name: str, tmp_path: Path) -> None:
+def test_wrong_password_fails_fast_without_printing_it(kafka_client: str, topic_name: str, tmp_path: Path) -> None:
     """A bad connection string is refused within seconds, exit 1, and the secret never appears."""
     sasl = service_env("RMMWATCH_TEST_KAFKA_SASL_BOOTSTRAP")
     ca = service_env("RMMWATCH_TEST_KAFKA_SASL_CA")
@@ -219,7 +228,8 @@ def test_wrong_password_fails_fast_without_printing_it(topic_name: str, tmp_path
              "SharedAccessKey=ThisIsNotTheRightKeyAtAll0123456789abcdefXYZ=")  # fmt: skip
     started = time.monotonic()
     result = rmmwatch_env(
-        ["run", "--source", "kafka", "--kafka-bootstrap-servers", sasl, "--kafka-topics", topic_name,
+        ["run", "--source", "kafka", "--kafka-client", kafka_client, "--kafka-bootstrap-servers", sasl,
+         "--kafka-topics", topic_name,
          "--kafka-ssl-ca-file", ca, "--data-dir", str(tmp_path), "--metrics-port", "-1"],
         {"RMMWATCH_EVENTHUBS_CONNECTION_STRING": wrong},
     )  # fmt: skip
@@ -241,7 +251,7 @@ def rmmwatch_env(args: list[str], env: dict[str, str]) -> object:
 
 @pytest.mark.parametrize("start", ["latest", "time"])
 def test_new_group_starting_position(
-    kafka_bootstrap: str, topic_name: str, tmp_path: Path, detectors: DetectorFactory, start: str
+    kafka_client: str, kafka_bootstrap: str, topic_name: str, tmp_path: Path, *, detectors: DetectorFactory, start: str
 ) -> None:
     """--kafka-start latest skips what is there; a time skips what came before it."""
     stream = tmp_path / "stream.ndjson"
@@ -254,7 +264,8 @@ def test_new_group_starting_position(
     if start == "time":
         asyncio.run(produce(kafka_bootstrap, topic_name, messages[100:], 1))
     value = "latest" if start == "latest" else cut
-    detector = detectors(*_detector_args(kafka_bootstrap, topic_name, tmp_path / "state", "--kafka-start", value,
+    detector = detectors(*_detector_args(kafka_client, kafka_bootstrap, topic_name, tmp_path / "state",
+                                         "--kafka-start", value,
                                          "--sink", f"jsonl:{tmp_path / 'a.jsonl'}"))  # fmt: skip
     wait_until(detector.ready, 60, "the detector to be assigned")
     if start == "latest":

@@ -1,4 +1,6 @@
-"""The source contract for the Kafka source on a real broker, and its rebalance behaviour.
+"""The source contract for the Kafka sources on a real broker, and their rebalance behaviour.
+
+Every test runs against both clients (``--kafka-client``): aiokafka and librdkafka (confluent).
 
 Same clauses as tests/contract/test_source_contract.py: every message once, in order per
 partition; None when idle; resume after the committed position. Plus what only a group
@@ -12,20 +14,30 @@ import asyncio
 from collections import defaultdict
 
 import orjson
+import pytest
 
 from rmmwatch.kafka_client import KafkaSettings
 from rmmwatch.sources.base import Batch
 from rmmwatch.sources.kafka import KafkaSource
+from rmmwatch.sources.kafka_confluent import ConfluentKafkaSource
 from tests.integration.kafka_tools import create_topic, produce
 
+AnyKafkaSource = KafkaSource | ConfluentKafkaSource
+CLIENTS = {"aiokafka": KafkaSource, "confluent": ConfluentKafkaSource}
 
-def _source(bootstrap: str, topic: str, group: str, **kw: object) -> KafkaSource:
-    return KafkaSource(
+
+@pytest.fixture(params=sorted(CLIENTS))
+def client(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _source(client: str, bootstrap: str, topic: str, group: str, **kw: object) -> AnyKafkaSource:
+    return CLIENTS[client](  # type: ignore[no-any-return]
         KafkaSettings(bootstrap_servers=bootstrap, session_timeout_ms=6000),
         [topic],
         group_id=group,
-        max_messages=kw.pop("max_messages", 50),  # type: ignore[arg-type]
-        **kw,  # type: ignore[arg-type]
+        max_messages=kw.pop("max_messages", 50),
+        **kw,
     )
 
 
@@ -33,7 +45,7 @@ def _numbers(batch: Batch) -> list[int]:
     return [orjson.loads(m)["n"] for m in batch.messages]
 
 
-async def _drain(source: KafkaSource, idle_rounds: int = 3) -> list[Batch]:
+async def _drain(source: AnyKafkaSource, idle_rounds: int = 3) -> list[Batch]:
     batches: list[Batch] = []
     idle = 0
     while idle < idle_rounds:
@@ -46,11 +58,11 @@ async def _drain(source: KafkaSource, idle_rounds: int = 3) -> list[Batch]:
     return batches
 
 
-async def test_every_message_once_in_partition_order(kafka_bootstrap: str, topic_name: str) -> None:
+async def test_every_message_once_in_partition_order(client: str, kafka_bootstrap: str, topic_name: str) -> None:
     """A new group reads everything from earliest; per partition, offsets are consecutive."""
     await create_topic(kafka_bootstrap, topic_name, 3)
     await produce(kafka_bootstrap, topic_name, [orjson.dumps({"n": i}) for i in range(300)], 3)
-    source = _source(kafka_bootstrap, topic_name, f"g-{topic_name}")
+    source = _source(client, kafka_bootstrap, topic_name, f"g-{topic_name}")
     await source.start()
     try:
         batches = await _drain(source)
@@ -67,10 +79,12 @@ async def test_every_message_once_in_partition_order(kafka_bootstrap: str, topic
     assert max(len(b.messages) for b in batches) <= 50
 
 
-async def test_idle_fetch_returns_none_and_ready_reflects_assignment(kafka_bootstrap: str, topic_name: str) -> None:
+async def test_idle_fetch_returns_none_and_ready_reflects_assignment(
+    client: str, kafka_bootstrap: str, topic_name: str
+) -> None:
     """An empty topic: fetch returns None within its timeout; the source is ready once assigned."""
     await create_topic(kafka_bootstrap, topic_name, 1)
-    source = _source(kafka_bootstrap, topic_name, f"g-{topic_name}")
+    source = _source(client, kafka_bootstrap, topic_name, f"g-{topic_name}")
     assert source.ready()[0] is False
     await source.start()
     try:
@@ -84,12 +98,12 @@ async def test_idle_fetch_returns_none_and_ready_reflects_assignment(kafka_boots
         await source.close()
 
 
-async def test_restart_resumes_after_the_committed_position(kafka_bootstrap: str, topic_name: str) -> None:
+async def test_restart_resumes_after_the_committed_position(client: str, kafka_bootstrap: str, topic_name: str) -> None:
     """Commit the first batches, close, start again in the same group: the rest, not the committed part."""
     await create_topic(kafka_bootstrap, topic_name, 1)
     await produce(kafka_bootstrap, topic_name, [orjson.dumps({"n": i}) for i in range(100)], 1)
     group = f"g-{topic_name}"
-    first = _source(kafka_bootstrap, topic_name, group, max_messages=30)
+    first = _source(client, kafka_bootstrap, topic_name, group, max_messages=30)
     await first.start()
     seen: list[int] = []
     try:
@@ -101,7 +115,7 @@ async def test_restart_resumes_after_the_committed_position(kafka_bootstrap: str
                     await first.commit(batch.position)
     finally:
         await first.close()
-    second = _source(kafka_bootstrap, topic_name, group, max_messages=30)
+    second = _source(client, kafka_bootstrap, topic_name, group, max_messages=30)
     await second.start()
     try:
         rest = [n for b in await _drain(second) for n in _numbers(b)]
@@ -110,42 +124,72 @@ async def test_restart_resumes_after_the_committed_position(kafka_bootstrap: str
     assert rest == list(range(30, 100))
 
 
-async def test_clean_rebalance_waits_for_the_in_flight_batch(kafka_bootstrap: str, topic_name: str) -> None:
-    """A second member joins while the first holds an uncommitted batch: the revoke waits for its
-    commit, and the new owner starts after it (nothing delivered twice, nothing skipped)."""
+async def test_clean_rebalance_waits_for_the_in_flight_batch(
+    client: str, kafka_bootstrap: str, topic_name: str
+) -> None:
+    """A second member joins while the first holds uncommitted batches: the revoke waits for their
+    commit, and the new owner starts after it (nothing delivered twice, nothing skipped).
+
+    Both members keep fetching, as the loop does (librdkafka runs the rebalance inside a fetch)."""
     await create_topic(kafka_bootstrap, topic_name, 2)
     await produce(kafka_bootstrap, topic_name, [orjson.dumps({"n": i}) for i in range(200)], 2)
     group = f"g-{topic_name}"
-    a = _source(kafka_bootstrap, topic_name, group, max_messages=40, rebalance_wait_s=15)
-    b = _source(kafka_bootstrap, topic_name, group, max_messages=40, rebalance_wait_s=15)
+    a = _source(client, kafka_bootstrap, topic_name, group, max_messages=40, rebalance_wait_s=15)
+    b = _source(client, kafka_bootstrap, topic_name, group, max_messages=40, rebalance_wait_s=15)
+    held: list[Batch] = []
+    got_b: list[Batch] = []
+    stop = asyncio.Event()
+
+    async def keep_fetching(source: AnyKafkaSource, into: list[Batch]) -> None:
+        while not stop.is_set():
+            batch = await source.fetch(0.2)
+            if batch is not None:
+                into.append(batch)
+
+    async def join_b() -> None:
+        await b.start()
+        await keep_fetching(b, got_b)
+
     await a.start()
     try:
-        in_flight = None
-        while in_flight is None:
-            in_flight = await a.fetch(1.0)
-        joining = asyncio.create_task(b.start())
-        await asyncio.sleep(1.0)
-        assert not joining.done(), "the rebalance waits for the revoked batch"
-        await a.commit(in_flight.position)  # the loop finished the batch: state durable, alerts delivered
-        await asyncio.wait_for(joining, timeout=30)
-        seen_a = _numbers(in_flight)
-        rest_a, rest_b = await asyncio.gather(_drain(a), _drain(b))
-        for batch in rest_a:
+        while not held:
+            batch = await a.fetch(1.0)
+            if batch is not None:
+                held.append(batch)
+        fetching_a = asyncio.create_task(keep_fetching(a, held))
+        joining = asyncio.create_task(join_b())
+        await asyncio.sleep(3.0)
+        assert not got_b and not b.ready()[0], "the rebalance waits for the revoked batches"
+        for batch in list(held):  # the loop finished these batches: state durable, alerts delivered
             await a.commit(batch.position)
-        for batch in rest_b:
+        for _ in range(150):
+            if b.ready()[0] and got_b:
+                break
+            await asyncio.sleep(0.1)
+        assert b.ready()[0], "the new member got its partitions once the batches were committed"
+        for _ in range(40):  # until both have read everything
+            await asyncio.sleep(0.25)
+            if sum(len(x.messages) for x in held + got_b) >= 200:
+                break
+        stop.set()
+        await asyncio.gather(fetching_a, joining)
+        for batch in held:
+            await a.commit(batch.position)
+        for batch in got_b:
             await b.commit(batch.position)
     finally:
+        stop.set()
         await asyncio.gather(a.close(), b.close())
-    everything = seen_a + [n for x in rest_a for n in _numbers(x)] + [n for x in rest_b for n in _numbers(x)]
+    everything = [n for x in held + got_b for n in _numbers(x)]
     assert sorted(everything) == list(range(200)), "each message exactly once across the rebalance"
 
 
-async def test_commit_never_moves_backwards(kafka_bootstrap: str, topic_name: str) -> None:
+async def test_commit_never_moves_backwards(client: str, kafka_bootstrap: str, topic_name: str) -> None:
     """A late commit of an older position is ignored."""
     await create_topic(kafka_bootstrap, topic_name, 1)
     await produce(kafka_bootstrap, topic_name, [orjson.dumps({"n": i}) for i in range(60)], 1)
     group = f"g-{topic_name}"
-    source = _source(kafka_bootstrap, topic_name, group, max_messages=20)
+    source = _source(client, kafka_bootstrap, topic_name, group, max_messages=20)
     await source.start()
     try:
         batches: list[Batch] = []
@@ -155,20 +199,18 @@ async def test_commit_never_moves_backwards(kafka_bootstrap: str, topic_name: st
                 batches.append(batch)
         await source.commit(batches[1].position)
         await source.commit(batches[0].position)
-        assert source._consumer is not None
-        tp = next(iter(source._consumer.assignment()))
-        assert await source._consumer.committed(tp) == 40
+        assert await source.committed_offsets() == {(topic_name, 0): 40}
     finally:
         await source.close()
 
 
 async def test_a_partition_missing_from_the_newest_batch_is_still_committed(
-    kafka_bootstrap: str, topic_name: str
+    client: str, kafka_bootstrap: str, topic_name: str
 ) -> None:
     """Positions are cumulative: committing a batch of partition 1 also commits what was read of partition 0."""
     await create_topic(kafka_bootstrap, topic_name, 2)
     group = f"g-{topic_name}"
-    source = _source(kafka_bootstrap, topic_name, group, max_messages=100)
+    source = _source(client, kafka_bootstrap, topic_name, group, max_messages=100)
     await source.start()
     try:
         await produce_to(kafka_bootstrap, topic_name, 0, 15)
@@ -178,11 +220,10 @@ async def test_a_partition_missing_from_the_newest_batch_is_still_committed(
         assert first and second
         assert {b.locate(0)["partition"] for b in second} == {1}, "the newest batches hold partition 1 only"
         await source.commit(second[-1].position)
-        assert source._consumer is not None
-        committed = {tp.partition: await source._consumer.committed(tp) for tp in source._consumer.assignment()}
+        committed = await source.committed_offsets()
     finally:
         await source.close()
-    assert committed == {0: 15, 1: 10}
+    assert committed == {(topic_name, 0): 15, (topic_name, 1): 10}
 
 
 async def produce_to(bootstrap: str, topic: str, partition: int, count: int) -> None:

@@ -37,11 +37,19 @@ def open_source(config: RunConfig, metrics: Metrics | None = None) -> Source:
         return FileSource(path, follow=config.follow, checkpoint=checkpoint, max_messages=config.batch_max_messages)
     if spec == "kafka":
         from rmmwatch.kafka_client import settings_from_config  # noqa: PLC0415
-        from rmmwatch.sources.kafka import KafkaSource  # noqa: PLC0415
 
         settings = settings_from_config(config)
         topics = config.kafka_topics or ([settings.default_topic] if settings.default_topic else [])
-        return KafkaSource(
+        kafka_source: type[Source]
+        if config.kafka_client == "confluent":
+            from rmmwatch.sources.kafka_confluent import ConfluentKafkaSource  # noqa: PLC0415
+
+            kafka_source = ConfluentKafkaSource
+        else:
+            from rmmwatch.sources.kafka import KafkaSource  # noqa: PLC0415
+
+            kafka_source = KafkaSource
+        return kafka_source(
             settings,
             topics,
             group_id=config.kafka_group_id,

@@ -271,6 +271,17 @@ class KafkaSource:
                         consumer.seek(tp, hit.offset)
         log.info("kafka_partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
 
+    async def committed_offsets(self) -> dict[tuple[str, int], int]:
+        """The group's committed offset of every assigned partition, read from the broker."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        found: dict[tuple[str, int], int] = {}
+        for tp in consumer.assignment():
+            committed = await consumer.committed(tp)
+            found[(tp.topic, tp.partition)] = -1 if committed is None else committed
+        return found
+
     # -- lag and reachability ------------------------------------------------------------
     def _check_exclusive(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
         """With an unshared store (sqlite), a member that owns only part of the topics means a
