@@ -32,7 +32,8 @@ from load.generate import delete_topics
 
 THROUGHPUT = ("--store sqlite", "--store sqlite --sqlite-synchronous normal", "--store memory", "--store REDIS",
               "--store sqlite --batch-max-messages 100")  # fmt: skip
-LATENCY = ("--store sqlite", "--store sqlite --sqlite-synchronous normal", "--store memory",
+LATENCY = ("--store sqlite", "--store sqlite --kafka-client aiokafka", "--store sqlite --sqlite-synchronous normal",
+           "--store memory",
            "--store sqlite --batch-max-messages 100")  # fmt: skip
 RSS = ("--batch-max-messages 500", "--batch-max-messages 100")
 

@@ -114,6 +114,7 @@ class ConfluentKafkaSource:
         self._commits: queue.SimpleQueue[tuple[list[TopicPartition], Future[None]]] = queue.SimpleQueue()
         self._brokers_ok = False
         self._paused = False
+        self._pause_applied = False  # what the consumer's thread last told librdkafka
         self._closing = False
         self._fatal: str | None = None
         self._probe: asyncio.Task[None] | None = None
@@ -289,12 +290,11 @@ class ConfluentKafkaSource:
         if consumer is None:
             return None
         deadline = time.monotonic() + max(0.0, timeout_s)
-        paused_state: bool | None = None
         while True:
             self._serve_commits(consumer)
-            if paused_state is not self._paused:
+            if self._pause_applied is not self._paused:
                 self._apply_pause(consumer)
-                paused_state = self._paused
+                self._pause_applied = self._paused
             remaining = deadline - time.monotonic()
             batch = consumer.consume(num_messages=self.max_messages, timeout=max(0.0, min(_SLICE_S, remaining)))
             if batch:
