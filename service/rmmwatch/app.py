@@ -22,7 +22,10 @@ committed position, and apply is idempotent.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import io
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -161,6 +164,17 @@ class App:
             log.info("stopping")
             self._stopping.set()
 
+    @staticmethod
+    def dump_tasks() -> None:
+        """SIGUSR2: every asyncio task's stack to stderr (a stall's diagnosis; SIGUSR1 dumps the threads)."""
+        out = io.StringIO()
+        tasks = asyncio.all_tasks()
+        out.write(f"rmmwatch: {len(tasks)} asyncio task(s)\n")
+        for task in sorted(tasks, key=lambda t: t.get_name()):
+            task.print_stack(file=out)
+        sys.stderr.write(out.getvalue())
+        sys.stderr.flush()
+
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> int:
         """Run until stopped or until a finite source is exhausted. Returns an exit code."""
@@ -168,6 +182,12 @@ class App:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
+        # Diagnosis of a stuck process without a debugger: SIGUSR1 prints every thread's stack
+        # (from C, even if the loop is blocked), SIGUSR2 every asyncio task's.
+        with suppress(AttributeError, ValueError, RuntimeError, io.UnsupportedOperation):
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
+        with suppress(AttributeError, NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGUSR2, self.dump_tasks)
         if self.http is not None:
             await self.http.start()
         try:
@@ -184,9 +204,11 @@ class App:
             return 1 if self._failed else drained
         finally:
             await self._shutdown()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                with suppress(NotImplementedError, RuntimeError):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+                with suppress(AttributeError, NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+            with suppress(AttributeError, ValueError, RuntimeError):
+                faulthandler.unregister(signal.SIGUSR1)
 
     async def _open(self) -> None:
         backoff = Backoff()
@@ -265,8 +287,11 @@ class App:
         """
         loop = asyncio.get_running_loop()
         committer = asyncio.create_task(self._commit_stage(), name="rmmwatch-commit-stage")
+        # The next fetch runs while a batch is decoded (three stages: fetch, decode, commit).
+        prefetch: asyncio.Task[Batch | None] | None = None
         try:
-            while not self._stopping.is_set() and not committer.done():
+            # Stopping: the batch already prefetched is still decoded and committed (graceful drain).
+            while not committer.done() and (not self._stopping.is_set() or prefetch is not None):
                 self._last_loop = time.monotonic()
                 problem = self.source.problem()
                 if problem is not None:
@@ -284,16 +309,20 @@ class App:
                     self.source.pause()
                 else:
                     self.source.resume()
-                timeout = max(0.0, min(self.tick_interval_s, self._last_tick + self.tick_interval_s - time.monotonic()))
-                batch = await self.source.fetch(timeout)
+                if prefetch is not None:
+                    batch, prefetch = await prefetch, None
+                else:
+                    batch = await self.source.fetch(self._fetch_timeout())
                 if batch is None:
                     if self.source.exhausted:
                         log.info("source_exhausted")
                         break
                     continue
                 started = time.perf_counter()
+                if not self._stopping.is_set():
+                    prefetch = asyncio.create_task(self.source.fetch(self._fetch_timeout()), name="rmmwatch-fetch")
                 # Decode+match in its own thread: the byte prefilter (most of its time) releases the
-                # GIL, so on a second core it overlaps the Kafka client's work on this loop.
+                # GIL, so on a second core it overlaps the Kafka client's work.
                 result = await loop.run_in_executor(self._detect_thread, self.detector.process, batch.messages)
                 self._count(result)
                 await self._dead_letter(batch, result)
@@ -303,9 +332,17 @@ class App:
                 await self._queue.put(decoded)
                 del decoded  # the commit stage owns it now (and frees its matches once applied)
         finally:
+            if prefetch is not None:  # failing: what it fetched is not committed and is re-read on restart
+                prefetch.cancel()
+                with suppress(asyncio.CancelledError, Exception):
+                    await prefetch
             if not committer.done():
                 await self._queue.put(None)
             await committer  # re-raises what broke the commit stage
+
+    def _fetch_timeout(self) -> float:
+        """Until the next tick is due."""
+        return max(0.0, min(self.tick_interval_s, self._last_tick + self.tick_interval_s - time.monotonic()))
 
     async def _commit_stage(self) -> None:
         while True:

@@ -8,6 +8,7 @@ never skipped, so a CI run without its services cannot pass by accident.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,6 +35,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test shows the tail of its last detectors' logs, with the stacks of those still running."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    factory = getattr(item, "funcargs", {}).get("detectors")
+    if report.when != "call" or not report.failed or not isinstance(factory, DetectorFactory):
+        return
+    recent = list(enumerate(factory.started))[-3:]
+    running = [d for _, d in recent if d.process.poll() is None]
+    for detector in running:  # a stall's diagnosis: thread stacks (SIGUSR1), asyncio tasks (SIGUSR2)
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+            with contextlib.suppress(OSError):
+                os.kill(detector.process.pid, sig)
+    if running:
+        time.sleep(1.0)
+    for index, detector in recent:
+        state = detector.process.poll()
+        size = 20000 if state is None else 4000
+        text = detector.logs()[-size:] if detector.log.exists() else "(no log)"
+        report.sections.append((f"detector {index} (exit {state}) log tail", text))
 
 
 @pytest.fixture

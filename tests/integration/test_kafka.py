@@ -79,7 +79,7 @@ def test_kill_nine_at_random_points_loses_nothing(
     data = tmp_path / "state"
     alerts = tmp_path / "alerts.jsonl"
     args = _detector_args(kafka_client, kafka_bootstrap, topic_name, data, "--sink", f"jsonl:{alerts}",
-                          "--batch-max-messages", "10", "--log-level", "warning")  # fmt: skip
+                          "--batch-max-messages", "10", "--log-level", "info")  # fmt: skip
     group = f"g-{topic_name}"
     rng = random.Random(7)
     kills = 0
