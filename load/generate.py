@@ -201,8 +201,9 @@ class KafkaSink:
             self._producer = None
 
 
-async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> int:
-    """Create ``topic`` with ``partitions`` (replication 1) unless it exists; return its partition count."""
+async def ensure_topic(bootstrap: str, topic: str, partitions: int, configs: dict[str, str] | None = None) -> int:
+    """Create ``topic`` with ``partitions`` (replication 1, topic ``configs``) unless it exists; return its
+    partition count."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -210,7 +211,7 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> int:
     await admin.start()
     try:
         with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics([NewTopic(topic, partitions, 1)])
+            await admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=configs or {})])
         described = await admin.describe_topics([topic])
         found = len(described[0]["partitions"]) if described and described[0].get("partitions") else partitions
     finally:

@@ -9,8 +9,9 @@ out, as in production). The send time of each fresh ReportId (``time.time()`` ju
 ``--sent`` as JSON; the bench matches it with the alert's record timestamp on the alerts topic.
 
 librdkafka (not Python) does the sending, so the load generator takes little of the machine's two cores
-from the detector it measures. ``acks=1``, ``linger.ms=5``; when the broker falls behind (its 256 MB queue is
-full) it waits for deliveries, so the rate it reports (``messages / seconds``) can be below ``--rate``.
+from the detector it measures. ``acks=1``, ``linger.ms=5``; when the broker falls behind (its 16 MB queue,
+a fraction of a second of messages, is full) it waits for deliveries, so the rate it reports
+(``messages / seconds``) can be below ``--rate``. A send time is taken once ``produce`` accepted the message.
 
     python -m load.peers.latency_producer --bootstrap B --topic T --pool pool.ndjson --rate 1000 --seconds 15 \\
         --first-report-id 1000000000 --sent sent.json
@@ -51,7 +52,7 @@ def main() -> None:
         pool = [line.rstrip(b"\n") for line in pool_file if line.strip()]
     fresh = [bool(_MAYBE.search(message)) for message in pool]
     producer = Producer({"bootstrap.servers": args.bootstrap, "acks": 1, "linger.ms": 5,
-                         "message.max.bytes": 4_000_000, "queue.buffering.max.kbytes": 262_144})  # fmt: skip
+                         "message.max.bytes": 4_000_000, "queue.buffering.max.kbytes": 16_384})  # fmt: skip
     sent: dict[int, float] = {}
     report_id = args.first_report_id
     interval = 1.0 / args.rate
@@ -72,15 +73,15 @@ def main() -> None:
                     row["Timestamp"] = _stamp(now - 90)
                     stamps.append(report_id)
             message = orjson.dumps(document)
-        now = time.time()
-        for stamp in stamps:
-            sent[stamp] = now
         while True:
             try:
                 producer.produce(args.topic, message, partition=count % args.partitions)
                 break
             except BufferError:  # the broker is behind: wait for deliveries (the achieved rate shows it)
-                producer.poll(0.05)
+                producer.poll(0.01)
+        now = time.time()  # accepted by the producer: the time spent blocked above is not the detector's
+        for stamp in stamps:
+            sent[stamp] = now
         producer.poll(0)
         count += 1
         pause = started + count * interval - time.perf_counter()
