@@ -106,6 +106,13 @@ class Detector:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def samples(self, name: str) -> int:
+        """How many samples of a metric the detector exports now (0 before a labelled gauge is first set)."""
+        status, text = self.get("/metrics")
+        if status != 200:
+            return 0
+        return sum(1 for line in text.splitlines() if line.startswith((name + "{", name + " ")))
+
     def ready(self) -> bool:
         return self.get("/readyz")[0] == 200
 

@@ -33,10 +33,16 @@ def hunt_and_state(stream: Path, data_dir: Path) -> tuple[list[dict[str, object]
 
 
 def consumed_everything(detector: object, total: int) -> bool:
+    """Every message read, its alerts delivered, and the source's position committed to the end.
+
+    The lag gauge is per partition and set by the source's probe: before the first probe it has no
+    samples at all, and its sum of 0 then means nothing (a batch still waiting for its dead letters
+    or alerts would pass), so at least one sample must exist."""
     assert isinstance(detector, Detector)
     return (
         detector.metric("rmmwatch_messages_total") >= total
         and detector.metric("rmmwatch_outbox_pending") == 0
         and detector.metric("rmmwatch_source_commits_total") > 0
+        and detector.samples("rmmwatch_consumer_lag") > 0
         and detector.metric("rmmwatch_consumer_lag") == 0
     )
