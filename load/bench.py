@@ -36,7 +36,8 @@ What runs, in order (each part's wall time is printed; ``--skip`` leaves parts o
    alerts on every change, alerts to a Kafka topic), fed by ``load/peers/latency_producer.py`` (librdkafka
    pacing a pool of realistic envelopes, NetSupport in 0.2% of records, each NetSupport launch made a new
    event); latency = the alert's record timestamp minus the send time of the message that carried its
-   triggering event, as in ``load/bench_kafka.py``.
+   triggering event, as in ``load/bench_kafka.py``, and minus that message's broker append time (the input
+   topic uses ``LogAppendTime``): the detector's share, without the time spent in the producer.
 5. **Scaling**: two ``rmmwatch run`` processes (redis store, one consumer group) on the topic against one
    (the redis row of part 2): wall time from the first message to the last, and the rate while both
    consume (after the group settled, until the first finishes its partitions).
@@ -590,60 +591,53 @@ def run_latency(python: Path, bootstrap: str, max_rate: float, seconds: float, w
     finally:
         _stop(process)
     appended = asyncio.run(_read_appended(bootstrap, topic, set(sent)))
-    for index, report, latency in asyncio.run(_read_alerts(bootstrap, alerts, sent)):
-        phases[index].values.append(latency)
+    for report, alerted in asyncio.run(_read_alerts(bootstrap, alerts, set(sent))):
+        index, sent_at = sent[report]
+        phases[index].values.append(alerted - sent_at)
         if report in appended:
-            phases[index].appended.append(latency + sent[report][1] - appended[report])
+            phases[index].appended.append(alerted - appended[report])
     return phases
 
 
-async def _read_appended(bootstrap: str, topic: str, reports: set[int]) -> dict[int, float]:
-    """ReportId -> broker append time (s) of the message that carried it, for the fresh ReportIds sent."""
+async def _drain(bootstrap: str, topic: str, **options: Any) -> list[Any]:
+    """Every record of ``topic`` from the beginning, until three polls in a row return nothing."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20)  # fmt: skip
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", **options)
     await consumer.start()
-    out: dict[int, float] = {}
-    try:
-        idle = 0
-        while idle < 3:
-            batch = await consumer.getmany(timeout_ms=500, max_records=2000)
-            records = [r for rs in batch.values() for r in rs]
-            idle = 0 if records else idle + 1
-            for record in records:
-                if record.value is None or b"etsupport" not in record.value.lower():
-                    continue
-                for item in orjson.loads(record.value).get("records", ()):
-                    report = (item.get("properties") or {}).get("ReportId")
-                    if isinstance(report, int) and report in reports:
-                        out[report] = record.timestamp / 1000
-    finally:
-        await consumer.stop()
-    return out
-
-
-async def _read_alerts(bootstrap: str, alerts: str, sent: dict[int, tuple[int, float]]) -> list[tuple[int, int, float]]:
-    """(phase, ReportId, send-to-alert seconds) of every alert whose trigger is a fresh ReportId."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(alerts, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    out: list[tuple[int, int, float]] = []
+    out: list[Any] = []
     try:
         idle = 0
         while idle < 3:
             batch = await consumer.getmany(timeout_ms=500)
             records = [r for rs in batch.values() for r in rs]
             idle = 0 if records else idle + 1
-            for record in records:
-                trigger = orjson.loads(record.value).get("trigger") or {}
-                report = trigger.get("ReportId")
-                hit = sent.get(report) if isinstance(report, int) else None
-                if hit is not None:
-                    out.append((hit[0], report, record.timestamp / 1000 - hit[1]))
+            out.extend(records)
     finally:
         await consumer.stop()
+    return out
+
+
+async def _read_appended(bootstrap: str, topic: str, reports: set[int]) -> dict[int, float]:
+    """ReportId -> broker append time (s) of the message that carried it, for the fresh ReportIds sent."""
+    out: dict[int, float] = {}
+    for record in await _drain(bootstrap, topic, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20):
+        if record.value is None or b"etsupport" not in record.value.lower():
+            continue
+        for item in orjson.loads(record.value).get("records", ()):
+            report = (item.get("properties") or {}).get("ReportId")
+            if isinstance(report, int) and report in reports:
+                out[report] = record.timestamp / 1000
+    return out
+
+
+async def _read_alerts(bootstrap: str, alerts: str, reports: set[int]) -> list[tuple[int, float]]:
+    """(ReportId, alert record time in s) of every alert whose trigger is one of the fresh ReportIds sent."""
+    out: list[tuple[int, float]] = []
+    for record in await _drain(bootstrap, alerts):
+        report = (orjson.loads(record.value).get("trigger") or {}).get("ReportId")
+        if isinstance(report, int) and report in reports:
+            out.append((report, record.timestamp / 1000))
     return out
 
 
@@ -1067,8 +1061,14 @@ def main() -> None:
         half = next((p for p in latency if p.fraction == 0.5 and p.values), None)
         p99_half = _percentile(half.values, 0.99) if half else None
         reached = f" at {half.achieved:,.0f} msgs/s sent of {half.target:,.0f} asked" if half else ""
-        _say(f"  {_verdict(None if p99_half is None else p99_half < 0.5):12} p99 produce-to-alert < 500 ms at 50% "
-             "load: " + (f"{p99_half * 1000:,.0f} ms{reached}" if p99_half is not None else "-"))  # fmt: skip
+        # A p99 under a load the producer could not send is not the target's p99: say so instead of MET.
+        short = half is not None and half.achieved < 0.9 * half.target
+        verdict = _verdict(None if p99_half is None else p99_half < 0.5)
+        if short and verdict == "MET":
+            verdict = "LOAD SHORT"
+        _say(f"  {verdict:12} p99 produce-to-alert < 500 ms at 50% "
+             "load: " + (f"{p99_half * 1000:,.0f} ms{reached}" if p99_half is not None else "-")
+             + (" (the producer sent under 90% of the asked rate)" if short else ""))  # fmt: skip
         _say(f"  {_verdict(None if rss is None else rss.steady < 250e6):12} steady RSS < 250 MB with "
              f"{args.rss_devices:,} devices: " + (f"{rss.steady / 1e6:,.0f} MB" if rss else "-"))  # fmt: skip
         proto = rows["prototype"].best if "prototype" in rows else None

@@ -5,13 +5,13 @@ the topic's partitions at ``--rate`` messages/s for ``--seconds``, cycling throu
 NetSupport launch it sends is made new: a fresh ReportId (from ``--first-report-id`` up) and a
 Timestamp 90 s before the send (Defender's export delay), so each one is a new event for the detector and
 can trigger an alert; every other message goes out as the pool has it (the prefilter rules most of them
-out, as in production). The send time of each fresh ReportId (``time.time()`` just before ``produce``) goes to
+out, as in production). The send time of each fresh ReportId (``time.time()`` once ``produce`` accepted it) goes to
 ``--sent`` as JSON; the bench matches it with the alert's record timestamp on the alerts topic.
 
 librdkafka (not Python) does the sending, so the load generator takes little of the machine's two cores
 from the detector it measures. ``acks=1``, ``linger.ms=5``; when the broker falls behind (its 16 MB queue,
 a fraction of a second of messages, is full) it waits for deliveries, so the rate it reports
-(``messages / seconds``) can be below ``--rate``. A send time is taken once ``produce`` accepted the message.
+(``messages / seconds``) can be below ``--rate``.
 
     python -m load.peers.latency_producer --bootstrap B --topic T --pool pool.ndjson --rate 1000 --seconds 15 \\
         --first-report-id 1000000000 --sent sent.json
