@@ -590,8 +590,9 @@ def run_latency(python: Path, bootstrap: str, max_rate: float, seconds: float, w
             time.sleep(3)  # let the detector drain before the next rate
     finally:
         _stop(process)
-    appended = asyncio.run(_read_appended(bootstrap, topic, set(sent)))
-    for report, alerted in asyncio.run(_read_alerts(bootstrap, alerts, set(sent))):
+    fresh = set(sent)
+    appended = asyncio.run(_read_appended(bootstrap, topic, fresh))
+    for report, alerted in asyncio.run(_read_alerts(bootstrap, alerts, fresh)):
         index, sent_at = sent[report]
         phases[index].values.append(alerted - sent_at)
         if report in appended:

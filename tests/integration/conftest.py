@@ -95,23 +95,20 @@ class Detector:
         except OSError as exc:
             return 0, str(exc)
 
-    def metric(self, name: str, labels: str = "") -> float:
-        """The sum of a metric's samples whose label text contains ``labels`` (0 if absent)."""
+    def _samples(self, name: str) -> list[str]:
+        """The sample lines of a metric in the detector's /metrics now (none if it does not answer)."""
         status, text = self.get("/metrics")
         if status != 200:
-            return 0.0
-        total = 0.0
-        for line in text.splitlines():
-            if (line.startswith((name + "{", name + " "))) and labels in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+            return []
+        return [line for line in text.splitlines() if line.startswith((name + "{", name + " "))]
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """The sum of a metric's samples whose label text contains ``labels`` (0 if absent)."""
+        return sum(float(line.rsplit(" ", 1)[1]) for line in self._samples(name) if labels in line)
 
     def samples(self, name: str) -> int:
         """How many samples of a metric the detector exports now (0 before a labelled gauge is first set)."""
-        status, text = self.get("/metrics")
-        if status != 200:
-            return 0
-        return sum(1 for line in text.splitlines() if line.startswith((name + "{", name + " ")))
+        return len(self._samples(name))
 
     def ready(self) -> bool:
         return self.get("/readyz")[0] == 200

@@ -19,11 +19,11 @@ from tests.integration.conftest import service_env
 from tests.integration.kafka_tools import create_topic
 
 Opener = Callable[[KafkaSettings, str], KafkaSink | KafkaDeadLetters]
-KINDS: list[tuple[str, Opener]] = [("alerts", KafkaSink), ("dead letters", KafkaDeadLetters)]
+both = pytest.mark.parametrize("make", [KafkaSink, KafkaDeadLetters], ids=["alerts", "dead letters"])
 
 
-@pytest.mark.parametrize(("kind", "make"), KINDS, ids=[k for k, _ in KINDS])
-async def test_an_existing_topic_opens(kind: str, make: Opener) -> None:
+@both
+async def test_an_existing_topic_opens(make: Opener) -> None:
     bootstrap = service_env("RMMWATCH_TEST_KAFKA_BOOTSTRAP")
     topic = f"sink-ok-{uuid.uuid4().hex[:10]}"
     await create_topic(bootstrap, topic, 2)
@@ -32,8 +32,8 @@ async def test_an_existing_topic_opens(kind: str, make: Opener) -> None:
     await sink.close()
 
 
-@pytest.mark.parametrize(("kind", "make"), KINDS, ids=[k for k, _ in KINDS])
-async def test_a_topic_the_brokers_refuse_fails_at_open_naming_it(kind: str, make: Opener) -> None:
+@both
+async def test_a_topic_the_brokers_refuse_fails_at_open_naming_it(make: Opener) -> None:
     bootstrap = service_env("RMMWATCH_TEST_KAFKA_BOOTSTRAP")
     topic = "no such topic!"  # spaces and '!' are not legal in a topic name: never auto-created
     sink = make(KafkaSettings(bootstrap_servers=bootstrap, request_timeout_ms=3000), topic)

@@ -39,28 +39,23 @@ class _Producer:
 
     async def open(self) -> None:
         producer = AIOKafkaProducer(acks="all", linger_ms=5, **self.settings.client_options())
-        try:
-            await producer.start()
-        except KafkaError as exc:
-            with suppress(Exception):
-                await producer.stop()
-            raise SinkError(f"kafka {self.what}: cannot connect: {describe_error(exc)}") from None
         # The topic is checked now, at start, not at the first alert or dead letter: a missing one
         # (auto-creation off, as on Event Hubs and most managed clusters) is a configuration error
         # the operator should see before anything is consumed, not a batch stuck mid-run.
+        problem = "cannot connect"
         try:
+            await producer.start()
+            problem = f"topic {self.topic!r}"
             await producer.partitions_for(self.topic)
-        except UnknownTopicOrPartitionError:
-            with suppress(Exception):
-                await producer.stop()
-            raise SinkError(
-                f"kafka {self.what}: topic {self.topic!r} does not exist and the brokers did not create it "
-                f"within {self.settings.request_timeout_ms} ms; create it (or allow auto.create.topics.enable)"
-            ) from None
         except KafkaError as exc:
             with suppress(Exception):
                 await producer.stop()
-            raise SinkError(f"kafka {self.what} {self.topic}: {describe_error(exc)}") from None
+            if isinstance(exc, UnknownTopicOrPartitionError):
+                raise SinkError(
+                    f"kafka {self.what}: topic {self.topic!r} does not exist and the brokers did not create it "
+                    f"within {self.settings.request_timeout_ms} ms; create it (or allow auto.create.topics.enable)"
+                ) from None
+            raise SinkError(f"kafka {self.what}: {problem}: {describe_error(exc)}") from None
         self._producer = producer
 
     async def produce(self, records: Sequence[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> None:
