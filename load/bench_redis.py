@@ -26,8 +26,8 @@ import uuid
 import orjson
 import redis.asyncio as aioredis
 
-from rmmwatch.events import Match
 from rmmwatch.kql.datetimes import TICKS_PER_DAY, format_datetime
+from rmmwatch.model import Match
 from rmmwatch.rules import load_rules
 from rmmwatch.stores.redis import RedisStore
 

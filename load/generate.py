@@ -45,12 +45,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-from rmmwatch.cli import _columns, print_rows
-from rmmwatch.events import BatchResult, Detector
+from rmmwatch.events import Detector
+from rmmwatch.hunt import Hunt, print_rows
 from rmmwatch.kql.datetimes import format_datetime, parse_datetime
+from rmmwatch.model import BatchResult, wall_clock
 from rmmwatch.rules import Rule, load_rules
-from rmmwatch.synthetic import Generator, GeneratorConfig, GeneratorStats, wall_clock_ticks
-from rmmwatch.window import WindowEvent, summarize
+from rmmwatch.synthetic import Generator, GeneratorConfig, GeneratorStats
 
 COMPRESSIONS = ("none", "gzip", "lz4", "zstd", "snappy")
 
@@ -68,7 +68,7 @@ class ExpectedHunt:
     def __init__(self, rules: list[Rule] | None = None, *, exclusions: bool = True) -> None:
         self.rules = rules if rules is not None else load_rules(exclusions=exclusions)
         self.detector = Detector(self.rules)
-        self.events: dict[int, list[WindowEvent]] = {id(rule): [] for rule in self.rules}
+        self.hunt = Hunt(self.rules)
         self.groups: set[tuple[Any, ...]] = set()
         self.matches = 0
         self.excluded = 0
@@ -78,27 +78,19 @@ class ExpectedHunt:
         result = self.detector.process([message], BatchResult())
         self.excluded += len(result.excluded)
         self.problems += len(result.problems)
-        for match in result.matches:
-            self.matches += 1
-            self.groups.add(match.group)
-            self.events[id(match.rule)].append(
-                WindowEvent(match.identity, match.ticks, match.group, match.contribution)
-            )
+        self.matches += len(result.matches)
+        self.groups.update(match.group for match in result.matches)
+        self.hunt.add(result.matches)
 
     def rows(self, now: int) -> list[dict[str, Any]]:
         """The rows ``hunt --now`` prints (tagged with RuleId when there are several rules)."""
-        several = len(self.rules) > 1
-        rows: list[dict[str, Any]] = []
-        for rule in self.rules:
-            found = summarize(rule.query, self.events[id(rule)], now)
-            rows.extend([{"RuleId": rule.id, **row} for row in found] if several else found)
-        return rows
+        return self.hunt.rows(now)
 
     def write(self, path: str, now: int) -> list[dict[str, Any]]:
         """Write the rows exactly as ``rmmwatch hunt --format json`` prints them."""
         rows = self.rows(now)
         with open(path, "w", encoding="utf-8") as out:
-            print_rows(rows, _columns(self.rules), "json", out)
+            print_rows(rows, self.hunt.columns, "json", out)
         return rows
 
 
@@ -310,7 +302,7 @@ async def write_stream(
     if count is None and records is None and seconds is None and stop_when is None:
         raise ValueError("unbounded: give count, records, seconds or stop_when")
     last = [0]
-    base = clock or wall_clock_ticks
+    base = clock or wall_clock
 
     def tracking() -> int:
         last[0] = base()
@@ -348,7 +340,7 @@ async def write_stream(
     finally:
         await sink.close()
     summary.seconds = time.perf_counter() - started
-    summary.end = last[0] if clock is not None else wall_clock_ticks()
+    summary.end = last[0] if clock is not None else wall_clock()
     progress.show(summary, started, final=True)
     return summary
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from rmmwatch.events import Detector, Match
+from rmmwatch.events import Detector
 from rmmwatch.kql.datetimes import (
     TICKS_PER_DAY,
     TICKS_PER_MINUTE,
@@ -18,6 +18,7 @@ from rmmwatch.kql.datetimes import (
     format_datetime,
     parse_datetime,
 )
+from rmmwatch.model import Match
 from rmmwatch.rules import Rule, parse_rule
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -35,7 +35,8 @@ def main() -> None:
     args = parser.parse_args()
     detector = None
     if args.mode == "detect":
-        from rmmwatch.events import BatchResult, Detector
+        from rmmwatch.events import Detector
+        from rmmwatch.model import BatchResult
         from rmmwatch.rules import load_rules
 
         detector = Detector(load_rules())

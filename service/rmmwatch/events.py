@@ -16,15 +16,15 @@ match, and validating them would cost the parse the prefilter exists to avoid.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from rmmwatch.kql.datetimes import DatetimeError, format_datetime, parse_datetime
 from rmmwatch.kql.schema import TRIGGER_COLUMNS, KqlType
+from rmmwatch.model import BatchResult, Excluded, Match, Problem
 from rmmwatch.prefilter import Prefilter, combined_requirements
-from rmmwatch.rules import Exclusion, Rule
+from rmmwatch.rules import Rule
 
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576  # Event Hubs' maximum message size
 
@@ -54,50 +54,6 @@ REASONS = (
     WRONG_TYPE,
     BAD_TIMESTAMP,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """Why a message or one of its records was not processed."""
-
-    reason: str
-    detail: str
-    record: int | None = None  # index within the message; None for the whole message
-
-
-@dataclass(slots=True)
-class Match:
-    """One event that a rule's predicate keeps (exclusions are decided separately)."""
-
-    rule: Rule
-    ticks: int
-    identity: str
-    group: tuple[Any, ...]
-    group_key: str
-    contribution: tuple[Any, ...]
-    trigger: dict[str, Any]
-
-
-@dataclass(slots=True)
-class Excluded:
-    """A match that a named exclusion removed: metered and logged, never silently dropped."""
-
-    match: Match
-    exclusion: Exclusion
-
-
-@dataclass(slots=True)
-class BatchResult:
-    """Everything decode+match learned from a batch of messages."""
-
-    messages: int = 0
-    bytes: int = 0
-    candidates: int = 0
-    records: int = 0
-    other_tables: int = 0
-    matches: list[Match] = field(default_factory=list)
-    excluded: list[Excluded] = field(default_factory=list)
-    problems: list[tuple[int, Problem]] = field(default_factory=list)
 
 
 def _string(value: Any) -> str:
@@ -237,7 +193,8 @@ class Detector:
 
     def _decode_record(self, record: Any, position: int, index: int, result: BatchResult) -> None:
         if not isinstance(record, dict):
-            result.problems.append((index, Problem(RECORD_NOT_OBJECT, f"a {type(record).__name__}", position)))
+            problem = _bad_record(RECORD_NOT_OBJECT, f"a {type(record).__name__}", position, record)
+            result.problems.append((index, problem))
             return
         category = record.get("category")
         if "properties" in record:
@@ -246,35 +203,34 @@ class Detector:
                 return
             row = record["properties"]
             if not isinstance(row, dict):
-                result.problems.append(
-                    (index, Problem(PROPERTIES_NOT_OBJECT, f"'properties' is {type(row).__name__}", position))
-                )
+                problem = _bad_record(PROPERTIES_NOT_OBJECT, f"'properties' is {type(row).__name__}", position, record)
+                result.problems.append((index, problem))
                 return
         elif category is not None or "operationName" in record or "tenantId" in record:
             if category is not None and category not in self.categories:
                 result.other_tables += 1
                 return
-            result.problems.append(
-                (index, Problem(MISSING_PROPERTIES, "an envelope record without 'properties'", position))
-            )
+            problem = _bad_record(MISSING_PROPERTIES, "an envelope record without 'properties'", position, record)
+            result.problems.append((index, problem))
             return
         else:
             row = record  # a bare Advanced Hunting row
         result.records += 1
         event: dict[str, Any] = {}
         rules: list[Rule] = []
-        problem = _convert(row, self._condition_columns, event)
-        if problem is None:
+        bad = _convert(row, self._condition_columns, event)
+        if bad is None:
             rules = [rule for rule in self.rules if rule.query.matches(event)]
             if not rules:
                 return
-            problem = _convert(row, self._match_columns, event)
-        if problem is not None:
-            result.problems.append((index, Problem(problem[0], problem[1], position)))
+            bad = _convert(row, self._match_columns, event)
+        if bad is not None:
+            result.problems.append((index, _bad_record(bad[0], bad[1], position, record)))
             return
         ticks = event["Timestamp"]
         if ticks is None:
-            result.problems.append((index, Problem(MISSING_FIELD, "Timestamp is missing or null", position)))
+            problem = _bad_record(MISSING_FIELD, "Timestamp is missing or null", position, record)
+            result.problems.append((index, problem))
             return
         self._match(rules, event, ticks, row, result)
 
@@ -306,6 +262,12 @@ class Detector:
                 result.matches.append(match)
             else:
                 result.excluded.append(Excluded(match, exclusion))
+
+
+def _bad_record(reason: str, detail: str, position: int, record: Any) -> Problem:
+    """A problem with one record: its dead letter carries that record (re-encoded), never the whole message,
+    so a message of many bad records costs about its own size in dead letters, not its size per record."""
+    return Problem(reason, detail, position, orjson.dumps(record))
 
 
 def _convert(

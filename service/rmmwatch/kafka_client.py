@@ -16,7 +16,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from rmmwatch.config import ConfigError, RunConfig
+from rmmwatch.config import ConfigError
 from rmmwatch.logging import redactor
 
 EVENTHUBS_USERNAME = "$ConnectionString"
@@ -146,43 +146,6 @@ class KafkaSettings:
                 f"cannot load the OAUTHBEARER token provider {self.oauth_token_provider}: {exc}"
             ) from None
         return factory()
-
-
-def settings_from_config(config: RunConfig) -> KafkaSettings:
-    """Kafka settings from ``run``'s options, applying the Event Hubs preset when configured."""
-    if config.eventhubs_connection_string:
-        connection = EventHubsConnectionString(config.eventhubs_connection_string)
-        return KafkaSettings(
-            bootstrap_servers=config.kafka_bootstrap_servers or f"{connection.host}:9093",
-            client_id=config.kafka_client_id,
-            security_protocol="SASL_SSL",
-            sasl_mechanism="PLAIN",
-            sasl_username=EVENTHUBS_USERNAME,
-            sasl_password=connection.text,
-            ssl_ca_file=config.kafka_ssl_ca_file,
-            ssl_check_hostname=config.kafka_ssl_check_hostname,
-            session_timeout_ms=30_000,
-            metadata_max_age_ms=180_000,
-            request_timeout_ms=60_000,
-            connections_max_idle_ms=180_000,
-            default_topic=connection.entity_path,
-        )
-    if not config.kafka_bootstrap_servers:
-        raise ConfigError("Kafka needs --kafka-bootstrap-servers (or --eventhubs-connection-string)")
-    return KafkaSettings(
-        bootstrap_servers=config.kafka_bootstrap_servers,
-        client_id=config.kafka_client_id,
-        security_protocol=config.kafka_security_protocol,
-        sasl_mechanism=config.kafka_sasl_mechanism,
-        sasl_username=config.kafka_sasl_username,
-        sasl_password=config.kafka_sasl_password,
-        oauth_token_provider=config.kafka_oauth_token_provider,
-        ssl_ca_file=config.kafka_ssl_ca_file,
-        ssl_cert_file=config.kafka_ssl_cert_file,
-        ssl_key_file=config.kafka_ssl_key_file,
-        ssl_check_hostname=config.kafka_ssl_check_hostname,
-        session_timeout_ms=config.kafka_session_timeout_ms,
-    )
 
 
 def describe_error(exc: BaseException) -> str:

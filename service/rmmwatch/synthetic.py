@@ -21,14 +21,14 @@ samples show) and carry 7 fractional digits.
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from rmmwatch.kql.datetimes import TICKS_PER_DAY, TICKS_PER_MINUTE, TICKS_PER_SECOND, format_datetime
+from rmmwatch.model import Clock, wall_clock
 
 CATEGORY = "AdvancedHunting-DeviceProcessEvents"
 NETSUPPORT_COMPANIES = ("NetSupport Ltd", "NetSupport Ltd.", "NETSUPPORT LTD.", "NetSupport Ltd")
@@ -388,14 +388,10 @@ class GeneratorStats:
     stories: dict[str, int] = field(default_factory=dict)
 
 
-def wall_clock_ticks() -> int:
-    return time.time_ns() // 100
-
-
 class Generator:
     """Produces Event Hubs message bodies (bytes), deterministic for a seed and clock."""
 
-    def __init__(self, config: GeneratorConfig | None = None, clock: Callable[[], int] = wall_clock_ticks) -> None:
+    def __init__(self, config: GeneratorConfig | None = None, clock: Clock = wall_clock) -> None:
         self.config = config or GeneratorConfig()
         self.clock = clock
         self.random = random.Random(self.config.seed)

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rmmwatch.events import Detector
+from rmmwatch.hunt import rule_rows
 from rmmwatch.rules import load_rules
 from rmmwatch.stores import open_store
-from rmmwatch.window import WindowEvent, summarize
 from tests.helpers import DAY, MINUTE, T0, WINDOW, row, service_env
 
 RULE = load_rules()[0]  # the bundled rule: the seed query plus its exclusions
@@ -91,9 +91,7 @@ async def _check(kind: str, path: Path, case: tuple[Any, ...]) -> None:
             ticked = await store.tick(end)
             news += [a.alert_id for a in ticked.alerts if a.kind == "new"]
         everything = detector.process([orjson.dumps(e) for e in events])
-        expected = summarize(
-            RULE.query, (WindowEvent(m.identity, m.ticks, m.group, m.contribution) for m in everything.matches), end
-        )
+        expected = rule_rows(RULE, everything.matches, end)
         assert await store.summaries(RULE, end) == expected
         assert len(news) == len(set(news)), "one 'new' alert per episode"
         alerted_groups = {tuple(a.document()["group"].values()) for a in await store.pending_alerts(10_000)}

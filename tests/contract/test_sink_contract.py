@@ -1,6 +1,7 @@
-"""The sink contract, against every sink: stdout, jsonl file, webhook (a real local HTTP server).
+"""The sink contract, against every sink: stdout, jsonl file, webhook (a real local HTTP server), Kafka,
+and the dead-letter destinations (jsonl file, Kafka topic), which are sinks of dead letters.
 
-Clauses: ``send`` delivers every alert, in order, byte for byte; a failed delivery raises
+Clauses: ``send`` delivers every item, in order, byte for byte; a failed delivery raises
 ``SinkError`` (never another exception, never a silent drop); sending the same alerts
 again is harmless for the receiver to deduplicate (same bytes, same idempotency key).
 """
@@ -15,12 +16,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rmmwatch.alerts import Alert
 from rmmwatch.events import Detector
+from rmmwatch.kafka_client import KafkaSettings
+from rmmwatch.model import DeadLetter
 from rmmwatch.sinks.base import Sink, SinkError
+from rmmwatch.sinks.deadletter import JsonlDeadLetters, dead_letter_document
+from rmmwatch.sinks.kafka import KafkaDeadLetters, KafkaSink
 from rmmwatch.sinks.stream import JsonlSink, StdoutSink
 from rmmwatch.sinks.webhook import WebhookSink
 from rmmwatch.stores.memory import MemoryStore
@@ -81,96 +87,154 @@ async def _alerts(count: int) -> list[Alert]:
     return await store.pending_alerts(100)
 
 
+def _letters(count: int) -> list[DeadLetter]:
+    return [
+        DeadLetter("malformed_json", f"bad {i}", {"source": "test", "message": i}, None, b'{"records": [' + bytes([i]))
+        for i in range(count)
+    ]
+
+
 @dataclass
 class SinkCase:
-    """One sink under test: how to make it, read what it delivered, and make it fail."""
+    """One sink under test: what it takes, how to read what it delivered (as the bytes each item should
+    become), and how to make it fail."""
 
-    sink: Sink
+    sink: Sink[Any]
+    items: Callable[[int], Awaitable[list[Any]]]
+    encode: Callable[[Any], bytes]
     delivered: Callable[[], Awaitable[list[bytes]]]
     break_it: Callable[[], None]
 
 
-@pytest.fixture(params=["stdout", "jsonl", "webhook", pytest.param("kafka", marks=pytest.mark.integration)])
+async def _alert_items(count: int) -> list[Any]:
+    return list(await _alerts(count))
+
+
+async def _letter_items(count: int) -> list[Any]:
+    return list(_letters(count))
+
+
+def _payload(alert: Alert) -> bytes:
+    return alert.payload
+
+
+async def stdout_case(tmp_path: Path, receiver: Receiver) -> SinkCase:
+    stream = io.BytesIO()
+
+    async def lines() -> list[bytes]:
+        return stream.getvalue().splitlines()
+
+    return SinkCase(StdoutSink(stream), _alert_items, _payload, lines, stream.close)
+
+
+def _jsonl_case(sink: JsonlSink | JsonlDeadLetters, path: Path, items: Any, encode: Any) -> SinkCase:
+    def break_file() -> None:
+        out = sink._out
+        assert out._file is not None
+        out._file.close()
+        out._file = open(path, "rb")  # noqa: SIM115  (a read-only handle: writes fail)
+
+    async def file_lines() -> list[bytes]:
+        return path.read_bytes().splitlines()
+
+    return SinkCase(sink, items, encode, file_lines, break_file)
+
+
+async def jsonl_case(tmp_path: Path, receiver: Receiver) -> SinkCase:
+    path = tmp_path / "out" / "alerts.jsonl"
+    return _jsonl_case(JsonlSink(str(path)), path, _alert_items, _payload)
+
+
+async def webhook_case(tmp_path: Path, receiver: Receiver) -> SinkCase:
+    sink = WebhookSink(receiver.url, token="s3cr3t-token-value", retries=1, backoff_s=0.01, timeout_s=2)
+
+    def refuse() -> None:
+        receiver.fail_next = 100
+
+    async def bodies() -> list[bytes]:
+        return list(receiver.bodies)
+
+    return SinkCase(sink, _alert_items, _payload, bodies, refuse)
+
+
+async def _kafka_case(make: Callable[[KafkaSettings, str], Any], items: Any, encode: Any) -> SinkCase:
+    from tests.integration.kafka_tools import create_topic, read_all
+
+    bootstrap = service_env("RMMWATCH_TEST_KAFKA_BOOTSTRAP")
+    topic = f"sink-{uuid.uuid4().hex[:10]}"
+    await create_topic(bootstrap, topic, 1)
+    kafka = make(KafkaSettings(bootstrap_servers=bootstrap), topic)
+
+    async def consumed() -> list[bytes]:
+        return [r.value for r in await read_all(bootstrap, topic, timeout_s=5)]
+
+    def close_producer() -> None:
+        # The producer gone: the sink must raise SinkError, not crash or drop.
+        kafka._producer._producer = None
+
+    return SinkCase(kafka, items, encode, consumed, close_producer)
+
+
+async def kafka_case(tmp_path: Path, receiver: Receiver) -> SinkCase:
+    return await _kafka_case(KafkaSink, _alert_items, _payload)
+
+
+async def dead_letters_jsonl_case(tmp_path: Path, receiver: Receiver) -> SinkCase:
+    path = tmp_path / "out" / "dead.jsonl"
+    return _jsonl_case(JsonlDeadLetters(str(path)), path, _letter_items, dead_letter_document)
+
+
+async def dead_letters_kafka_case(tmp_path: Path, receiver: Receiver) -> SinkCase:
+    def payload(letter: DeadLetter) -> bytes:
+        return letter.payload
+
+    return await _kafka_case(KafkaDeadLetters, _letter_items, payload)
+
+
+#: Every sink, alert sinks and dead-letter destinations alike: adding a sink is one factory and one line here.
+CASES: dict[str, tuple[Callable[[Path, Receiver], Awaitable[SinkCase]], bool]] = {
+    # name: (factory, needs the real services)
+    "stdout": (stdout_case, False),
+    "jsonl": (jsonl_case, False),
+    "webhook": (webhook_case, False),
+    "kafka": (kafka_case, True),
+    "dead-letters-jsonl": (dead_letters_jsonl_case, False),
+    "dead-letters-kafka": (dead_letters_kafka_case, True),
+}
+
+
+@pytest.fixture(
+    params=[pytest.param(name, marks=[pytest.mark.integration] if real else []) for name, (_, real) in CASES.items()]
+)
 async def case(request: pytest.FixtureRequest, tmp_path: Path, receiver: Receiver) -> AsyncIterator[SinkCase]:
-    kind = request.param
-    if kind == "stdout":
-        stream = io.BytesIO()
-        sink: Sink = StdoutSink(stream)
-
-        def broken() -> None:
-            stream.close()
-
-        async def lines() -> list[bytes]:
-            return stream.getvalue().splitlines()
-
-        made = SinkCase(sink, lines, broken)
-    elif kind == "jsonl":
-        path = tmp_path / "out" / "alerts.jsonl"
-        jsonl = JsonlSink(str(path))
-
-        def break_file() -> None:
-            assert jsonl._file is not None
-            jsonl._file.close()
-            jsonl._file = open(path, "rb")  # noqa: SIM115  (a read-only handle: writes fail)
-
-        async def file_lines() -> list[bytes]:
-            return path.read_bytes().splitlines()
-
-        made = SinkCase(jsonl, file_lines, break_file)
-    elif kind == "webhook":
-        sink = WebhookSink(receiver.url, token="s3cr3t-token-value", retries=1, backoff_s=0.01, timeout_s=2)
-
-        def refuse() -> None:
-            receiver.fail_next = 100
-
-        async def bodies() -> list[bytes]:
-            return list(receiver.bodies)
-
-        made = SinkCase(sink, bodies, refuse)
-    else:
-        from rmmwatch.kafka_client import KafkaSettings
-        from rmmwatch.sinks.kafka import KafkaSink
-        from tests.integration.kafka_tools import create_topic, read_all
-
-        bootstrap = service_env("RMMWATCH_TEST_KAFKA_BOOTSTRAP")
-        topic = f"sink-{uuid.uuid4().hex[:10]}"
-        await create_topic(bootstrap, topic, 1)
-        kafka = KafkaSink(KafkaSettings(bootstrap_servers=bootstrap), topic)
-
-        async def consumed() -> list[bytes]:
-            return [r.value for r in await read_all(bootstrap, topic, timeout_s=5)]
-
-        def close_producer() -> None:
-            # The producer gone: the sink must raise SinkError, not crash or drop.
-            kafka._producer._producer = None
-
-        made = SinkCase(kafka, consumed, close_producer)
+    factory, _ = CASES[request.param]
+    made = await factory(tmp_path, receiver)
     await made.sink.open()
     yield made
     await made.sink.close()
 
 
-async def test_send_delivers_every_alert_in_order(case: SinkCase) -> None:
-    """Every alert arrives, in order, with exactly the outbox payload bytes."""
-    alerts = await _alerts(3)
-    await case.sink.send(alerts)
-    assert await case.delivered() == [a.payload for a in alerts]
+async def test_send_delivers_every_item_in_order(case: SinkCase) -> None:
+    """Every item arrives, in order, with exactly the bytes it stands for (an alert's outbox payload)."""
+    items = await case.items(3)
+    await case.sink.send(items)
+    assert await case.delivered() == [case.encode(i) for i in items]
 
 
 async def test_resending_delivers_the_same_bytes(case: SinkCase) -> None:
     """At-least-once: a re-send after a crash is the same document, for downstream dedup."""
-    alerts = await _alerts(1)
-    await case.sink.send(alerts)
-    await case.sink.send(alerts)
-    assert await case.delivered() == [alerts[0].payload, alerts[0].payload]
+    items = await case.items(1)
+    await case.sink.send(items)
+    await case.sink.send(items)
+    assert await case.delivered() == [case.encode(items[0]), case.encode(items[0])]
 
 
 async def test_failure_raises_sink_error(case: SinkCase) -> None:
-    """A sink that cannot deliver raises SinkError, so the loop keeps the alerts in the outbox."""
-    alerts = await _alerts(1)
+    """A sink that cannot deliver raises SinkError, so the loop keeps the items (outbox, uncommitted)."""
+    items = await case.items(1)
     case.break_it()
     with pytest.raises(SinkError):
-        await case.sink.send(alerts)
+        await case.sink.send(items)
 
 
 async def test_webhook_retries_transient_failures(receiver: Receiver) -> None:

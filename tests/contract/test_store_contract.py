@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from rmmwatch.events import Detector
+from rmmwatch.hunt import rule_rows
 from rmmwatch.kql.datetimes import format_datetime
 from rmmwatch.stores.base import Store
-from rmmwatch.window import WindowEvent, summarize
 from tests.contract.conftest import StoreFactory, durable
 from tests.helpers import DAY, MINUTE, SECOND, T0, WINDOW, matches, row, rule_with_alerting, seed_rule
 
@@ -35,7 +35,7 @@ async def _open(make_store: StoreFactory, rules: list[Any] | None = None, name: 
 
 def _reference(detector: Detector, rows: list[dict[str, Any]], now: int) -> list[dict[str, Any]]:
     found = matches(detector, rows)
-    return summarize(RULE.query, (WindowEvent(m.identity, m.ticks, m.group, m.contribution) for m in found), now)
+    return rule_rows(RULE, found, now)
 
 
 async def test_first_event_of_a_group_raises_one_new_alert(make_store: StoreFactory, detector: Detector) -> None:

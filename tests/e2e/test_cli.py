@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -248,8 +249,10 @@ def test_run_replays_a_file_and_state_equals_hunt(tmp_path: Path) -> None:
     }
 
 
-def test_run_drains_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
-    """SIGTERM during a followed replay: the loop finishes, commits and exits 0."""
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_run_drains_and_exits_cleanly_on_sigterm(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    """SIGTERM (and SIGINT, and SIGHUP until it means "reload") during a followed replay: the loop
+    finishes, commits and exits 0."""
     data = tmp_path / "live.ndjson"
     data.write_bytes(envelope(row(ticks=time.time_ns() // 100)) + b"\n")
     alerts = tmp_path / "alerts.jsonl"
@@ -274,7 +277,7 @@ def test_run_drains_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (alerts.exists() and alerts.read_bytes()):
             time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         _, stderr = process.communicate(timeout=30)
     finally:
         process.kill()
@@ -313,3 +316,19 @@ def test_second_run_on_the_same_sqlite_is_refused(tmp_path: Path) -> None:
         process.communicate(timeout=30)
     assert second.returncode == 1
     assert b"single-process" in second.stderr
+
+
+def test_a_metrics_port_in_use_is_a_clean_configuration_error(tmp_path: Path) -> None:
+    """Another process holds the metrics port: exit 2 with the address and the option named, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = rmmwatch(
+            "run", "--store", "memory", "--synthetic-count", "1", "--metrics-host", "127.0.0.1",
+            "--metrics-port", str(port), "--data-dir", str(tmp_path),
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"127.0.0.1:{port}".encode() in result.stderr
+    assert b"--metrics-port" in result.stderr
+    assert b"Traceback" not in result.stderr

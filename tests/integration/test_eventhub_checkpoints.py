@@ -189,7 +189,7 @@ async def test_checkpoint_only_after_delivery_and_restarts_read_from_the_last_on
     # 1. The sink is down: the alert waits in the outbox, and nothing is checkpointed.
     down = _Sink(down=True)
     app = _app(EventHubSource(same), down, Metrics())
-    app._delivery_backoff.first_s = 0.05  # retry delivery quickly
+    app.delivery.backoff.first_s = 0.05  # retry delivery quickly
     running = asyncio.create_task(app.run())
     try:
         await _until(lambda: down.attempts >= 3, 30, "delivery attempts")

@@ -21,8 +21,9 @@ from prometheus_client import generate_latest
 
 from rmmwatch.alerts import Alert
 from rmmwatch.app import App
-from rmmwatch.events import Detector, Match
+from rmmwatch.events import Detector
 from rmmwatch.metrics import Metrics
+from rmmwatch.model import DeadLetter, Match
 from rmmwatch.rules import Rule
 from rmmwatch.sinks.base import SinkError
 from rmmwatch.sinks.deadletter import JsonlDeadLetters, LogOnlyDeadLetters
@@ -149,7 +150,7 @@ async def test_a_failing_sink_holds_commits_until_delivery() -> None:
     source = ListSource([[envelope(row(device="a"))]])
     sink = RecordingSink(failures=2)
     app = _app(source, sink)
-    app._delivery_backoff.first_s = 0.01  # keep the test fast
+    app.delivery.backoff.first_s = 0.01  # keep the test fast
     task = asyncio.create_task(app.run())
     await asyncio.sleep(0.02)
     assert source.commits == []
@@ -340,3 +341,155 @@ async def test_batches_that_queue_up_are_applied_and_committed_together() -> Non
         ("b", "new"),
         ("c", "new"),
     ]  # the seed rule does not alert updates: the same as batch by batch
+
+
+class FlakyDeadLetters:
+    """A dead-letter destination that fails its first ``failures`` sends, then keeps what it is sent."""
+
+    name = "flaky"
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.attempts = 0
+        self.sent: list[DeadLetter] = []
+
+    async def open(self) -> None:
+        return None
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        self.attempts += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise SinkError("dead-letter topic unreachable")
+        self.sent.extend(letters)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_failing_dead_letter_destination_is_retried_like_a_sink() -> None:
+    """The dead-letter destination fails twice: retried with backoff, counted as a sink failure, and the
+    batch is committed only after its dead letters are delivered (not an exception out of run)."""
+    metrics = Metrics()
+    dead = FlakyDeadLetters(failures=2)
+    source = ListSource([[b'{"records": "NetSupport"}', envelope(row(device="a"))]])
+    sink = RecordingSink()
+    app = _app(source, sink, dead_letters=dead, metrics=metrics)
+    app.delivery.backoff.first_s = 0.01
+    assert await asyncio.wait_for(app.run(), timeout=20) == 0
+    assert dead.attempts == 3
+    assert [(x.reason, x.origin["message"]) for x in dead.sent] == [("records_not_list", 0)]
+    get = metrics.registry.get_sample_value
+    assert get("rmmwatch_sink_failures_total", {"sink": "dead-letter:flaky"}) == 2
+    assert get("rmmwatch_dead_letters_total", {"destination": "flaky"}) == 1
+    assert len(sink.sent) == 1
+    assert source.commits == [1]
+
+
+async def test_stopping_while_dead_letters_cannot_be_delivered_commits_nothing() -> None:
+    """Dead letters that never get through hold their batch back; a stop exits with it uncommitted."""
+    dead = FlakyDeadLetters(failures=10_000)
+    source = ListSource([[envelope(row(device="a"))], [b'{"records": "NetSupport"}'], [envelope(row(device="b"))]])
+    app = _app(source, RecordingSink(), dead_letters=dead)
+    app.delivery.backoff.first_s = 0.01
+    task = asyncio.create_task(app.run())
+    for _ in range(500):
+        if dead.attempts >= 3:
+            break
+        await asyncio.sleep(0.01)
+    app.stop()
+    await asyncio.wait_for(task, timeout=20)
+    assert dead.sent == []
+    assert all(position < 2 for position in source.commits), "nothing at or past the poison batch is committed"
+
+
+class DownStore(MemoryStore):
+    """A memory store that cannot write (a lock held elsewhere, a full disk): every apply fails."""
+
+    async def apply(self, matches: Sequence[Match], now: int) -> ApplyResult:
+        raise StoreUnavailable("database is locked")
+
+
+async def test_a_stop_while_the_store_is_down_does_not_hang() -> None:
+    """With the store failing every apply and the pipeline full, a stop ends the run (exit 1 or 0) promptly,
+    with nothing committed; it used to block forever on the full queue between the stages."""
+    batches = [[envelope(row(device=f"d{i}"))] for i in range(20)]
+    source = ListSource(batches)
+    app = _app(source, RecordingSink(), DownStore([RULE]), shutdown_timeout_s=2.0)
+    task = asyncio.create_task(app.run())
+    for _ in range(500):
+        if source.index >= 4:  # one batch at the store, two queued, one decoded and waiting
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    app.stop()
+    await asyncio.wait_for(task, timeout=30)
+    assert source.commits == []
+
+
+class HangingSink(RecordingSink):
+    """A sink whose send never returns (an endpoint that accepts and then says nothing)."""
+
+    async def send(self, alerts: Sequence[Alert]) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_the_shutdown_timeout_holds_whatever_a_sink_does() -> None:
+    """A sink that hangs: a stop ends the run within the shutdown timeout (plus the bounded closes), exit 1,
+    and the alert stays in the outbox for the next run."""
+    store = MemoryStore([RULE])
+
+    class Endless(ListSource):
+        @property
+        def exhausted(self) -> bool:
+            return False
+
+    source = Endless([[envelope(row(device="a"))]])
+    app = _app(source, HangingSink(), store, shutdown_timeout_s=0.5)
+    task = asyncio.create_task(app.run())
+    for _ in range(500):
+        if source.index >= 1:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    started = asyncio.get_running_loop().time()
+    app.stop()
+    assert await asyncio.wait_for(task, timeout=30) == 1
+    assert asyncio.get_running_loop().time() - started < 0.5 + 5 * 2 + 5, "bounded by the timeout and the closes"
+    assert [a.kind for a in await store.pending_alerts(10)] == ["new"]
+    assert source.commits == []
+
+
+async def test_a_second_stop_ends_the_run_at_once() -> None:
+    """The first stop drains (here: forever, the sink hangs and the timeout is long); the second cancels."""
+    source = ListSource([[envelope(row(device="a"))]])
+    app = _app(source, HangingSink(), shutdown_timeout_s=3600)
+    task = asyncio.create_task(app.run())
+    for _ in range(500):
+        if source.index >= 1:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    app.stop()
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    app.stop()
+    assert await asyncio.wait_for(task, timeout=30) == 1
+
+
+async def test_dead_letters_of_a_message_of_many_bad_records_are_bounded() -> None:
+    """A 200 KB message of 50,000 non-object records: each record's letter carries the record, not the
+    message; past 100 letters the rest is one letter with the message: about 2x the input, not 50,000x."""
+    message = b'{"note": "NetSupport", "records": [' + b",".join(b"1" for _ in range(50_000)) + b"] }"
+    message += b" " * (200_000 - len(message))
+    dead = FlakyDeadLetters(failures=0)
+    metrics = Metrics()
+    app = _app(ListSource([[message]]), RecordingSink(), dead_letters=dead, metrics=metrics)
+    assert await asyncio.wait_for(app.run(), timeout=60) == 0
+    get = metrics.registry.get_sample_value
+    assert get("rmmwatch_decode_errors_total", {"reason": "record_not_object"}) == 50_000
+    assert len(dead.sent) == 101
+    assert [x.payload for x in dead.sent[:100]] == [b"1"] * 100
+    assert dead.sent[100].payload == message
+    assert "49900 more bad records" in dead.sent[100].detail
+    assert sum(len(x.payload) for x in dead.sent) <= 2 * len(message)

@@ -36,11 +36,11 @@ import pytest
 from duckdb import DuckDBPyConnection
 
 from rmmwatch.events import Detector
+from rmmwatch.hunt import rule_rows
 from rmmwatch.kql import strings
 from rmmwatch.kql.compiler import CompiledQuery, compile_query
 from rmmwatch.kql.datetimes import TICKS_PER_MICROSECOND, format_datetime, parse_datetime
 from rmmwatch.rules import parse_rule
-from rmmwatch.window import WindowEvent, summarize
 
 TABLE = "DeviceProcessEvents"
 EPOCH = dt.datetime(1970, 1, 1)  # naive UTC, as duckdb-kql returns datetimes
@@ -391,8 +391,7 @@ def rmmwatch_rows(now: dt.datetime) -> list[dict[str, Any]]:
     messages.append(messages[2])  # at-least-once delivery: a duplicate must count once
     result = Detector([rule]).process(messages)
     assert result.problems == []
-    events = [WindowEvent(m.identity, m.ticks, m.group, m.contribution) for m in result.matches]
-    return summarize(rule.query, events, _ticks(now))
+    return rule_rows(rule, result.matches, _ticks(now))
 
 
 def duckdb_rows(con: DuckDBPyConnection, now: dt.datetime) -> list[dict[str, Any]]:

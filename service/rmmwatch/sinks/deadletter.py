@@ -1,41 +1,21 @@
-"""Dead letters: undecodable input kept with its reason, so nothing disappears without a trace.
+"""Dead-letter destinations: undecodable input kept with its reason, so nothing disappears without a trace.
 
-``log`` (the default) counts and logs each one (rate-limited); ``jsonl:PATH`` also appends
-``{"reason", "detail", "origin", "record", "payload_base64"}`` to a file, fsynced before the
-source position moves past it. (The Kafka dead-letter topic lives with the Kafka source.)
+``log`` (the default) keeps nothing beyond the counter and the (rate-limited) log line the
+loop writes for every bad input; ``jsonl:PATH`` also appends ``{"reason", "detail",
+"origin", "record", "payload_base64"}`` to a file, fsynced before the source position moves
+past it; ``kafka:TOPIC`` is in ``sinks/kafka.py``. They are sinks of dead letters: the same
+seam and contract suite as the alert sinks (``sinks/base.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import IO, Any, Protocol
 
 import orjson
 
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One undecodable message or record."""
-
-    reason: str
-    detail: str
-    origin: dict[str, Any]
-    record: int | None
-    payload: bytes
-
-
-class DeadLetterSink(Protocol):
-    name: str
-
-    async def open(self) -> None: ...
-
-    async def send(self, letters: Sequence[DeadLetter]) -> None: ...
-
-    async def close(self) -> None: ...
+from rmmwatch.model import DeadLetter
+from rmmwatch.sinks.stream import JsonLinesFile
 
 
 class LogOnlyDeadLetters:
@@ -53,6 +33,19 @@ class LogOnlyDeadLetters:
         return None
 
 
+def dead_letter_document(letter: DeadLetter) -> bytes:
+    """One dead letter as a JSON document (the payload base64-encoded: it may not be text)."""
+    return orjson.dumps(
+        {
+            "reason": letter.reason,
+            "detail": letter.detail,
+            "origin": letter.origin,
+            "record": letter.record,
+            "payload_base64": base64.b64encode(letter.payload).decode(),
+        }
+    )
+
+
 class JsonlDeadLetters:
     """Appends dead letters to a JSON lines file."""
 
@@ -60,37 +53,13 @@ class JsonlDeadLetters:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file: IO[bytes] | None = None
+        self._out = JsonLinesFile(path, "jsonl dead letters")
 
     async def open(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self._file = open(self.path, "ab")  # noqa: SIM115
+        self._out.open()
 
     async def send(self, letters: Sequence[DeadLetter]) -> None:
-        file = self._file
-        assert file is not None
-        data = b"".join(
-            orjson.dumps(
-                {
-                    "reason": letter.reason,
-                    "detail": letter.detail,
-                    "origin": letter.origin,
-                    "record": letter.record,
-                    "payload_base64": base64.b64encode(letter.payload).decode(),
-                }
-            )
-            + b"\n"
-            for letter in letters
-        )
-
-        def write() -> None:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-
-        await asyncio.to_thread(write)
+        await self._out.append([dead_letter_document(letter) for letter in letters])
 
     async def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._out.close()

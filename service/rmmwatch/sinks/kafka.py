@@ -22,8 +22,8 @@ from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from rmmwatch.alerts import Alert
 from rmmwatch.kafka_client import KafkaSettings, describe_error
+from rmmwatch.model import DeadLetter
 from rmmwatch.sinks.base import SinkError
-from rmmwatch.sinks.deadletter import DeadLetter
 
 
 class _Producer:

@@ -1,4 +1,4 @@
-"""Alerts as JSON lines: on stdout, or appended to a file (flushed and fsynced per batch)."""
+"""Items as JSON lines: on stdout, or appended to a file (flushed and fsynced per batch)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,43 @@ from typing import IO
 
 from rmmwatch.alerts import Alert
 from rmmwatch.sinks.base import SinkError
+
+
+class JsonLinesFile:
+    """An append-only file of JSON lines: each ``append`` is written, flushed and fsynced, or SinkError."""
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path = path
+        self.what = what
+        self._file: IO[bytes] | None = None
+
+    def open(self) -> None:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._file = open(self.path, "ab")  # noqa: SIM115  (kept open for the sink's life)
+        except OSError as exc:
+            raise SinkError(f"{self.what} {self.path}: {exc.strerror or exc}") from None
+
+    async def append(self, lines: Sequence[bytes]) -> None:
+        file = self._file
+        if file is None:
+            raise SinkError(f"{self.what} is not open")
+        data = b"".join(line + b"\n" for line in lines)
+
+        def write() -> None:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+
+        try:
+            await asyncio.to_thread(write)
+        except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
+            raise SinkError(f"{self.what} {self.path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class StdoutSink:
@@ -43,30 +80,13 @@ class JsonlSink:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file: IO[bytes] | None = None
+        self._out = JsonLinesFile(path, "jsonl sink")
 
     async def open(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        self._file = open(self.path, "ab")  # noqa: SIM115  (kept open for the sink's life)
+        self._out.open()
 
     async def send(self, alerts: Sequence[Alert]) -> None:
-        file = self._file
-        if file is None:
-            raise SinkError("jsonl sink is not open")
-        data = b"".join(a.payload + b"\n" for a in alerts)
-
-        def write() -> None:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-
-        try:
-            await asyncio.to_thread(write)
-        except OSError as exc:
-            raise SinkError(f"jsonl {self.path}: {exc.strerror or exc}") from None
+        await self._out.append([a.payload for a in alerts])
 
     async def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._out.close()

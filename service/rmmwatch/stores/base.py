@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rmmwatch.alerts import Alert
-from rmmwatch.events import Match
+from rmmwatch.model import Match
 from rmmwatch.rules import Rule
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rmmwatch.alerts import Alert, AlertKind, build_alert
-from rmmwatch.events import Match
+from rmmwatch.model import Match
 from rmmwatch.rules import Rule
 from rmmwatch.stores.base import ApplyResult
 from rmmwatch.window import aggregate, render_row, row_sort_key

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rmmwatch.alerts import Alert
-from rmmwatch.events import Match
+from rmmwatch.model import Match
 from rmmwatch.rules import Rule
 from rmmwatch.stores.base import ApplyResult, StateStats
 from rmmwatch.stores.engine import Engine, Episode, EventRow, GroupRef, group_slices

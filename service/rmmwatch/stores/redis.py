@@ -41,9 +41,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from rmmwatch.alerts import Alert, AlertKind, build_alert
-from rmmwatch.events import Match
 from rmmwatch.kql.datetimes import TICKS_PER_SECOND, parse_datetime
 from rmmwatch.logging import redactor
+from rmmwatch.model import Match
 from rmmwatch.rules import Rule
 from rmmwatch.stores.base import ApplyResult, StateStats, StoreUnavailable
 from rmmwatch.window import aggregate, render_row, row_sort_key

@@ -35,8 +35,8 @@ from typing import Any, TypeVar
 import orjson
 
 from rmmwatch.alerts import Alert
-from rmmwatch.events import Match
 from rmmwatch.kql.datetimes import TICKS_PER_DAY
+from rmmwatch.model import Match
 from rmmwatch.rules import Rule
 from rmmwatch.stores.base import ApplyResult, StateStats, StoreLocked, StoreUnavailable
 from rmmwatch.stores.engine import Engine, Episode, EventRow, GroupRef, group_slices

@@ -1,0 +1,148 @@
+"""Delivery: outbox alerts to every sink, then marked sent; dead letters to their destination.
+
+Step 4 of the commit order (docs/architecture.md). Alerts are read from the store's outbox
+(where step 3 wrote them durably), sent to every sink, and only then marked sent; a sink
+that fails leaves them in the outbox, and the next attempt waits for a backoff (0.5 s
+doubling up to 30 s). The loop reads ``pending`` for backpressure and commits the source
+position only once the outbox is empty, so "delivered" always comes before "committed".
+
+Dead letters have no outbox: they are sent before their batch is handed to the commit
+stage, retried with the same backoff while their destination fails (reading stops, the
+batch is not committed), and counted per destination like an alert sink's failures. A
+stop while they cannot be delivered leaves the batch uncommitted: the next run re-reads
+it and dead-letters it again, so undecodable input never disappears without a trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+
+from rmmwatch.alerts import Alert
+from rmmwatch.kql.datetimes import TICKS_PER_SECOND
+from rmmwatch.logging import get_logger
+from rmmwatch.metrics import Metrics
+from rmmwatch.model import Clock, DeadLetter
+from rmmwatch.retry import Backoff
+from rmmwatch.sinks.base import AlertSink, DeadLetterSink, SinkError
+from rmmwatch.stores.base import Store, StoreUnavailable
+
+log = get_logger("rmmwatch.delivery")
+
+#: Alerts read from the outbox per round; a round repeats until the outbox is empty.
+OUTBOX_PAGE = 500
+
+
+class Delivery:
+    """Owns the outbox's way out: which alerts wait, when to try again, and what was delivered."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        sinks: Sequence[AlertSink],
+        dead_letters: DeadLetterSink,
+        metrics: Metrics,
+        clock: Clock,
+        on_store_error: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.sinks = list(sinks)
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.clock = clock
+        self.on_store_error = on_store_error
+        self.backoff = Backoff()
+        #: Held while alerts go out and while the position they cover is committed.
+        self.lock = asyncio.Lock()
+        #: Alerts found waiting in the outbox at the last look.
+        self.pending = 0
+        self.delivered = 0
+        self._next_attempt = 0.0
+        self._dirty = True  # at start, alerts of a previous run may wait in the outbox
+
+    def outbox_changed(self) -> None:
+        """Something may have been written to the outbox (an apply, a tick, another replica)."""
+        self._dirty = True
+
+    def due_in(self) -> float:
+        """Seconds until the next attempt after a failure is due (0: now)."""
+        return max(0.0, self._next_attempt - time.monotonic())
+
+    async def deliver(self, *, force: bool = False) -> bool:
+        """Deliver outbox alerts to every sink; True when the outbox is empty."""
+        async with self.lock:
+            return await self.deliver_locked(force=force)
+
+    async def deliver_locked(self, *, force: bool = False) -> bool:
+        """:meth:`deliver` for a caller that holds :attr:`lock`. ``force`` ignores the backoff."""
+        if not self._dirty and not self.pending:
+            return True  # nothing was written to the outbox since it was last found empty
+        if not force and time.monotonic() < self._next_attempt:
+            return False
+        while True:
+            try:
+                alerts = await self.store.pending_alerts(OUTBOX_PAGE)
+            except StoreUnavailable:
+                self.on_store_error()
+                return False
+            self.pending = len(alerts)
+            self.metrics.outbox_pending.set(len(alerts))
+            if not alerts:
+                self.backoff.reset()
+                self._dirty = False
+                return True
+            for sink in self.sinks:
+                try:
+                    await sink.send(alerts)
+                except SinkError as exc:
+                    delay = self._failed(sink.name, exc)
+                    log.warning("sink_failed", sink=sink.name, error=str(exc), alerts=len(alerts), retry_in_s=delay)
+                    return False
+                for alert in alerts:
+                    self.metrics.alerts.labels(rule=alert.rule_id, kind=alert.kind, sink=sink.name).inc()
+            try:
+                await self.store.mark_sent([a.key for a in alerts])
+            except StoreUnavailable:
+                self.on_store_error()
+                return False
+            self._observe(alerts)
+
+    def _failed(self, sink: str, exc: SinkError) -> float:
+        self.metrics.sink_failures.labels(sink=sink).inc()
+        delay = self.backoff.next_delay()
+        self._next_attempt = time.monotonic() + delay
+        return delay
+
+    def _observe(self, alerts: Sequence[Alert]) -> None:
+        now = self.clock()
+        for alert in alerts:
+            self.delivered += 1
+            if alert.kind == "end":
+                continue
+            self.metrics.event_to_alert.observe(max(0.0, (now - alert.event_ticks) / TICKS_PER_SECOND))
+            self.metrics.seen_to_alert.observe(max(0.0, (now - alert.seen_ticks) / TICKS_PER_SECOND))
+
+    async def dead_letter(self, letters: Sequence[DeadLetter], stopping: asyncio.Event) -> bool:
+        """Send ``letters`` until their destination takes them; False if stopped first."""
+        if not letters:
+            return True
+        destination = self.dead_letters
+        label = f"dead-letter:{destination.name}"
+        backoff = Backoff(self.backoff.first_s, self.backoff.cap_s)
+        while True:
+            try:
+                await destination.send(letters)
+            except SinkError as exc:
+                self.metrics.sink_failures.labels(sink=label).inc()
+                delay = backoff.next_delay()
+                log.warning("dead_letter_failed", sink=label, error=str(exc), letters=len(letters), retry_in_s=delay)
+                if stopping.is_set():
+                    return False
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=delay)
+                continue
+            self.metrics.dead_letters.labels(destination=destination.name).inc(len(letters))
+            return True

@@ -1,0 +1,236 @@
+"""Wiring: the one place where ``run``'s configuration becomes a source, a store, sinks and the App.
+
+Adapters never see :class:`~rmmwatch.config.RunConfig`: each is built here from typed settings
+of its own (``KafkaSettings``, ``EventHubSettings``, ``GeneratorConfig``, a store URL and its
+options, a sink spec). Adding a source or a sink is one adapter module plus one branch here
+(docs/architecture.md). Adapter modules are imported lazily: a detector reading files does
+not load the Kafka or Azure client libraries.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from rmmwatch.app import App
+from rmmwatch.config import ConfigError, RunConfig
+from rmmwatch.events import Detector
+from rmmwatch.kafka_client import EVENTHUBS_USERNAME, EventHubsConnectionString, KafkaSettings
+from rmmwatch.metrics import Metrics
+from rmmwatch.rules import Rule
+from rmmwatch.sinks.base import AlertSink, DeadLetterSink
+from rmmwatch.sources.base import Source
+from rmmwatch.stores import open_store
+from rmmwatch.stores.base import Store
+from rmmwatch.synthetic import GeneratorConfig
+
+
+def build_app(config: RunConfig, rules: Sequence[Rule]) -> App:
+    """The running service for ``config``: every part built, nothing opened yet.
+
+    Raises :class:`ConfigError` for a configuration that cannot work (it names the option)."""
+    metrics = Metrics()
+    try:
+        return App(
+            rules=rules,
+            source=source_for(config, metrics),
+            store=store_for(config, rules),
+            sinks=sinks_for(config),
+            dead_letters=dead_letters_for(config),
+            metrics=metrics,
+            detector=Detector(rules, max_message_bytes=config.max_message_bytes, prefilter_engine=config.prefilter),
+            tick_interval_s=config.tick_interval,
+            max_pending_alerts=config.max_pending_alerts,
+            metrics_host=config.metrics_host,
+            metrics_port=config.metrics_port,
+            shutdown_timeout_s=config.shutdown_timeout,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+# -- stores ------------------------------------------------------------------------------------
+
+
+def redis_options(config: RunConfig) -> dict[str, Any]:
+    """The Redis store's own settings (keyword arguments of ``RedisStore``)."""
+    return {
+        "prefix": config.redis_prefix,
+        "username": config.redis_username,
+        "password": config.redis_password,
+        "ca_file": config.redis_ca_file,
+        "orphan_age_s": config.redis_orphan_age,
+        "cluster": config.redis_cluster,
+    }
+
+
+def store_for(config: RunConfig, rules: Sequence[Rule], *, read_only: bool = False) -> Store:
+    """The store of ``--store`` (``state`` opens it read-only)."""
+    return open_store(
+        config.store_url(),
+        rules,
+        sqlite_synchronous=config.sqlite_synchronous,
+        read_only=read_only,
+        redis=redis_options(config),
+    )
+
+
+# -- sources -----------------------------------------------------------------------------------
+
+
+def generator_config(config: RunConfig) -> GeneratorConfig:
+    """The synthetic stream's settings."""
+    return GeneratorConfig(
+        seed=config.synthetic_seed,
+        devices=config.synthetic_devices,
+        netsupport_ratio=config.synthetic_netsupport_ratio,
+    )
+
+
+def source_for(config: RunConfig, metrics: Metrics | None = None) -> Source:
+    """The source of ``--source``: synthetic, stdin, file:PATH, kafka or eventhub."""
+    spec = config.source
+    # An unshared store (sqlite) needs every partition in one process: the Kafka and Event Hubs
+    # sources stop the detector if another replica shares the group.
+    exclusive = config.store_url().startswith("sqlite:")
+    if spec == "synthetic":
+        from rmmwatch.sources.synthetic import SyntheticSource  # noqa: PLC0415
+
+        return SyntheticSource(
+            generator_config(config),
+            rate=config.synthetic_rate,
+            count=config.synthetic_count,
+            max_messages=config.batch_max_messages,
+        )
+    if spec == "stdin" or spec.startswith("file:"):
+        from rmmwatch.sources.file import FileSource  # noqa: PLC0415
+
+        path = "-" if spec == "stdin" else spec.removeprefix("file:")
+        checkpoint = config.checkpoint
+        if checkpoint is None and path != "-" and config.store != "memory":
+            checkpoint = os.path.join(config.data_dir, "file-offset.json")
+        return FileSource(path, follow=config.follow, checkpoint=checkpoint, max_messages=config.batch_max_messages)
+    if spec == "kafka":
+        settings = kafka_settings(config)
+        topics = config.kafka_topics or ([settings.default_topic] if settings.default_topic else [])
+        kafka_source: type[Source]
+        if config.kafka_client == "confluent":
+            from rmmwatch.sources.kafka_confluent import ConfluentKafkaSource  # noqa: PLC0415
+
+            kafka_source = ConfluentKafkaSource
+        else:
+            from rmmwatch.sources.kafka import KafkaSource  # noqa: PLC0415
+
+            kafka_source = KafkaSource
+        return kafka_source(
+            settings,
+            topics,
+            group_id=config.kafka_group_id,
+            start=config.kafka_start,
+            max_messages=config.batch_max_messages,
+            rebalance_wait_s=config.kafka_rebalance_wait,
+            metrics=metrics,
+            exclusive=exclusive,
+        )
+    if spec == "eventhub":
+        from rmmwatch.sources.eventhub import EventHubSource, eventhub_settings  # noqa: PLC0415
+
+        return EventHubSource(
+            eventhub_settings(config), max_messages=config.batch_max_messages, metrics=metrics, exclusive=exclusive
+        )
+    raise ValueError(f"unknown source {spec!r}: use synthetic, stdin, file:PATH, kafka or eventhub")
+
+
+def kafka_settings(config: RunConfig) -> KafkaSettings:
+    """Kafka settings from ``run``'s options, applying the Event Hubs preset when configured."""
+    if config.eventhubs_connection_string:
+        connection = EventHubsConnectionString(config.eventhubs_connection_string)
+        return KafkaSettings(
+            bootstrap_servers=config.kafka_bootstrap_servers or f"{connection.host}:9093",
+            client_id=config.kafka_client_id,
+            security_protocol="SASL_SSL",
+            sasl_mechanism="PLAIN",
+            sasl_username=EVENTHUBS_USERNAME,
+            sasl_password=connection.text,
+            ssl_ca_file=config.kafka_ssl_ca_file,
+            ssl_check_hostname=config.kafka_ssl_check_hostname,
+            session_timeout_ms=30_000,
+            metadata_max_age_ms=180_000,
+            request_timeout_ms=60_000,
+            connections_max_idle_ms=180_000,
+            default_topic=connection.entity_path,
+        )
+    if not config.kafka_bootstrap_servers:
+        raise ConfigError("Kafka needs --kafka-bootstrap-servers (or --eventhubs-connection-string)")
+    return KafkaSettings(
+        bootstrap_servers=config.kafka_bootstrap_servers,
+        client_id=config.kafka_client_id,
+        security_protocol=config.kafka_security_protocol,
+        sasl_mechanism=config.kafka_sasl_mechanism,
+        sasl_username=config.kafka_sasl_username,
+        sasl_password=config.kafka_sasl_password,
+        oauth_token_provider=config.kafka_oauth_token_provider,
+        ssl_ca_file=config.kafka_ssl_ca_file,
+        ssl_cert_file=config.kafka_ssl_cert_file,
+        ssl_key_file=config.kafka_ssl_key_file,
+        ssl_check_hostname=config.kafka_ssl_check_hostname,
+        session_timeout_ms=config.kafka_session_timeout_ms,
+    )
+
+
+# -- sinks -------------------------------------------------------------------------------------
+
+
+def sinks_for(config: RunConfig) -> list[AlertSink]:
+    """Alert sinks for the ``stdout``, ``jsonl:PATH``, ``webhook:URL``, ``kafka:TOPIC`` specs of ``--sink``."""
+    sinks: list[AlertSink] = []
+    for spec in config.sinks:
+        if spec == "stdout":
+            from rmmwatch.sinks.stream import StdoutSink  # noqa: PLC0415
+
+            sinks.append(StdoutSink())
+        elif spec.startswith("jsonl:"):
+            from rmmwatch.sinks.stream import JsonlSink  # noqa: PLC0415
+
+            sinks.append(JsonlSink(spec.removeprefix("jsonl:")))
+        elif spec.startswith("webhook:"):
+            from rmmwatch.sinks.webhook import WebhookSink  # noqa: PLC0415
+
+            sinks.append(
+                WebhookSink(
+                    spec.removeprefix("webhook:"),
+                    token=os.environ.get(config.webhook_token_env) or None,
+                    timeout_s=config.webhook_timeout,
+                    retries=config.webhook_retries,
+                )
+            )
+        elif spec.startswith("kafka:"):
+            from rmmwatch.sinks.kafka import KafkaSink  # noqa: PLC0415
+
+            sinks.append(KafkaSink(kafka_settings(config), spec.removeprefix("kafka:")))
+        else:
+            raise ValueError(
+                f"unknown sink {spec.split(':', 1)[0]!r}: use stdout, jsonl:PATH, webhook:URL or kafka:TOPIC"
+            )
+    if [s.name for s in sinks].count("stdout") > 1:
+        raise ValueError("stdout is listed twice")
+    return sinks
+
+
+def dead_letters_for(config: RunConfig) -> DeadLetterSink:
+    """The dead-letter destination of ``--dead-letter``: ``log``, ``jsonl:PATH`` or ``kafka:TOPIC``."""
+    spec = config.dead_letter
+    if spec == "log":
+        from rmmwatch.sinks.deadletter import LogOnlyDeadLetters  # noqa: PLC0415
+
+        return LogOnlyDeadLetters()
+    if spec.startswith("jsonl:"):
+        from rmmwatch.sinks.deadletter import JsonlDeadLetters  # noqa: PLC0415
+
+        return JsonlDeadLetters(spec.removeprefix("jsonl:"))
+    if spec.startswith("kafka:"):
+        from rmmwatch.sinks.kafka import KafkaDeadLetters  # noqa: PLC0415
+
+        return KafkaDeadLetters(kafka_settings(config), spec.removeprefix("kafka:"))
+    raise ValueError(f"unknown dead-letter destination {spec!r}: use log, jsonl:PATH or kafka:TOPIC")
