@@ -1,7 +1,7 @@
 """Decode and match: raw message bytes in, rule matches out. Pure, synchronous, the hot path.
 
 A message is one Event Hubs body / Kafka value / input line. Three shapes are accepted
-(DOMAIN.md section 2): the streaming API envelope ``{"records": [record, ...]}``, one
+(docs/semantics.md §2): the streaming API envelope ``{"records": [record, ...]}``, one
 storage-export record ``{"category": ..., "properties": {...}}``, and a bare Advanced
 Hunting row (the ``properties`` object alone); a JSON array of any of these is accepted
 too. Records of other tables are skipped; records without a ``category`` are assumed to

@@ -119,7 +119,7 @@ def test_parse_datetime_refuses(text: str) -> None:
         pytest.param(DEFENDER_SECOND + 7_849_324, "2021-04-14T18:49:17.7849324Z", id="Defender's sample"),
         pytest.param(DEFENDER_SECOND, "2021-04-14T18:49:17.0000000Z", id="a whole second still has 7 digits"),
         pytest.param(
-            utc_ticks("2026-11-20 12:00:00") + 1_234_567, "2026-11-20T12:00:00.1234567Z", id="DOMAIN.md's example"
+            utc_ticks("2026-11-20 12:00:00") + 1_234_567, "2026-11-20T12:00:00.1234567Z", id="semantics.md's example"
         ),
         pytest.param(YEAR_1_TICKS, "0001-01-01T00:00:00.0000000Z", id="year 1"),
         pytest.param(YEAR_9999_LAST_TICK, "9999-12-31T23:59:59.9999999Z", id="last tick of year 9999"),

@@ -1,7 +1,7 @@
 """rmmwatch's KQL semantics agree with an independent engine, duckdb-kql (real KQL text over DuckDB).
 
-duckdb-kql (PyPI ``duckdb-kql``, repo mmaitre314/duckdb-kql) is the reference DOMAIN.md
-section 3 names: its ``has`` boundary rule was measured against the Kusto emulator. This
+duckdb-kql (PyPI ``duckdb-kql``, repo mmaitre314/duckdb-kql) is the reference docs/semantics.md
+§5 names: its ``has`` boundary rule was measured against the Kusto emulator. This
 file proves, with the *same* KQL text given to both engines:
 
 * a seeded random sweep of the string operators (``has``, ``!has``, ``has_cs``, ``contains``,
@@ -224,7 +224,7 @@ def test_list_operator_sweep_agrees_with_duckdb_kql(con: DuckDBPyConnection) -> 
 
 def test_dotted_capital_i_under_has_is_a_known_divergence(con: DuckDBPyConnection) -> None:
     """U+0130 under ``has``: rmmwatch folds it to ``i`` (simple lowercase), duckdb-kql's ``has`` does not."""
-    # DOMAIN.md does not settle it. duckdb-kql's `has` is an RE2 `(?i)` regex, and RE2 folds with
+    # docs/semantics.md does not settle it. duckdb-kql's `has` is an RE2 `(?i)` regex, and RE2 folds with
     # CaseFolding.txt's simple (C+S) entries, where U+0130 has none; yet duckdb-kql's own `=~` and
     # `contains` use DuckDB's lower(), which maps U+0130 to `i`, as rmmwatch does for every operator.
     # Both answers are pinned so that a change on either side is noticed and decided.

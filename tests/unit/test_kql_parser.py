@@ -1,6 +1,6 @@
 """The KQL front end: ``tokenize``, ``parse`` and ``compile_query`` accept the subset and refuse the rest.
 
-It proves: the seed hunting query (DOMAIN.md section 1) parses into the expected tree and
+It proves: the seed hunting query (docs/semantics.md §1) parses into the expected tree and
 compiles to a 5-day window, a DeviceId/DeviceName group, its four aggregates and the
 prefilter string ``netsupport``; every construct of the subset parses and compiles (the
 normalised text of each condition is checked, so precedence and operator spelling are
@@ -236,7 +236,7 @@ def test_where_construct_compiles(predicate: str, condition_texts: tuple[str, ..
 
 
 def test_not_equals_ci_compiles() -> None:
-    """``!~`` (case-insensitive inequality, DOMAIN.md section 3) compiles like its ``=~`` counterpart."""
+    """``!~`` (case-insensitive inequality, docs/semantics.md §5) compiles like its ``=~`` counterpart."""
     assert where('FileName !~ "x"').condition_texts == ("FileName !~ 'x'",)
 
 

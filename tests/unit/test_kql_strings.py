@@ -1,4 +1,4 @@
-"""``rmmwatch.kql.strings`` reproduces KQL's string operators exactly (DOMAIN.md section 3).
+"""``rmmwatch.kql.strings`` reproduces KQL's string operators exactly (docs/semantics.md §5).
 
 It proves: every ``has`` example of the specification, the edges the documentation leaves
 open (term characters are Unicode letters and digits, combining marks delimit, a boundary is

@@ -91,7 +91,7 @@ TABLES: dict[str, tuple[str, dict[str, KqlType]]] = {
     "DeviceProcessEvents": ("AdvancedHunting-DeviceProcessEvents", DEVICE_PROCESS_EVENTS),
 }
 
-#: Event identity in this product (DOMAIN.md section 2): ReportId is a repeating counter,
+#: Event identity in this product (docs/semantics.md §3): ReportId is a repeating counter,
 #: unique only together with the device and the Timestamp.
 IDENTITY_COLUMNS: tuple[str, ...] = ("DeviceId", "DeviceName", "Timestamp", "ReportId")
 

@@ -1,7 +1,7 @@
 """The source seam: batches of raw message bytes with an opaque position to commit.
 
 Nothing above a source knows its transport. The loop commits a position only after the
-batch's state and alerts are durable and delivered (DESIGN.md's commit order), and a
+batch's state and alerts are durable and delivered (the commit order, docs/architecture.md §2), and a
 source resumes from its last committed position after a restart.
 """
 

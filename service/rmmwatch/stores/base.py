@@ -1,7 +1,7 @@
 """The store seam: the rolling per-group state, its episodes and the alert outbox.
 
 Every implementation passes one contract suite (tests/contract/test_store_contract.py).
-The contract, in terms of DESIGN.md's parity rule: after any sequence of ``apply`` and
+The contract, in terms of the parity contract (docs/architecture.md §3): after any sequence of ``apply`` and
 ``tick`` calls with non-decreasing ``now``, ``summaries(rule, now)`` equals the KQL query's
 output at ``now`` over the distinct events applied so far; ``apply`` is atomic and
 idempotent (re-applying an event changes nothing and raises no alert), and every alert

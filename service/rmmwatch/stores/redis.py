@@ -1,7 +1,7 @@
 """The shared store: each group's window, episode and outbox in Redis, changed by one Lua script.
 
 Several replicas in one consumer group see one device's events on any partition, so they
-share this state. Design (DESIGN.md's "one hash slot per group"):
+share this state. Design (docs/architecture.md §6, "one hash slot per group"):
 
 * **Per group, one hash slot.** Every key of a group carries the hash tag
   ``{<prefix>:<rule id>:<group digest>}``; ``redis_group.lua`` changes them atomically: it
