@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 from pathlib import Path
 
@@ -66,6 +67,16 @@ def test_readme_documents_every_run_option() -> None:
     for option in RUN_OPTIONS:
         assert f"`{option.flag}`" in text, option.flag
         assert f"`{option.env}`" in text, option.env
+
+
+def test_readme_option_table_is_the_generated_one() -> None:
+    """The README's reference table is exactly what scripts/options_table.py makes of RUN_OPTIONS (help texts
+    and defaults included): run ``python scripts/options_table.py --write`` after changing an option."""
+    spec = importlib.util.spec_from_file_location("options_table", README.parent / "scripts" / "options_table.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.readme_table(README.read_text()) == module.table()
 
 
 def test_store_url_defaults_to_the_data_dir() -> None:
