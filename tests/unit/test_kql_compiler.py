@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rmmwatch.kql import strings
-from rmmwatch.kql.compiler import CompiledQuery, TimeWindow, compile_query
+from rmmwatch.kql.compiled import CompiledQuery, TimeWindow
+from rmmwatch.kql.compiler import compile_query
 from rmmwatch.kql.datetimes import TICKS_PER_DAY, TICKS_PER_HOUR, parse_datetime
 from rmmwatch.kql.errors import KqlError
 from rmmwatch.kql.schema import DEVICE_PROCESS_EVENTS
