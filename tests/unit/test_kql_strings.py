@@ -336,6 +336,62 @@ EQUALS_VECTORS = _vectors(
     _case("\u00c4", "\u00c4", True),
 )
 
+# -- every operator against every other ------------------------------------------------------
+
+#: The operators of the matrix below, in pairs: each family caseless then case-sensitive.
+MATRIX_OPERATORS = [
+    *("has", "has_cs", "hasprefix", "hasprefix_cs", "hassuffix", "hassuffix_cs", "contains", "contains_cs"),
+    *("startswith", "startswith_cs", "endswith", "endswith_cs", "=~", "=="),
+]
+
+#: For each (haystack, needle), every operator's answer (1 true, 0 false) in MATRIX_OPERATORS
+#: order. Rows are chosen so that every operator's column differs from every other's in at
+#: least two rows (checked below): a mutation turning one operator into another, or dropping
+#: its case rule, fails many vectors.
+MATRIX = [
+    #                                     has  hasprefix hassuffix contains startswith endswith =~/==
+    ("NetSupport Ltd", "netsupport", "10 10 10 10 10 00 00"),
+    ("NetSupport Ltd", "Ltd", "11 11 11 11 00 11 00"),
+    ("MyNetSupport", "netsupport", "00 00 10 10 00 10 00"),
+    ("MyNetSupport", "NetSupport", "00 00 11 11 00 11 00"),
+    ("NetSupportLtd", "NetSupport", "00 11 00 11 11 00 00"),
+    ("client32.exe", "CLIENT32.EXE", "10 10 10 10 10 10 10"),
+    ("client32.exe", "client32.exe", "11 11 11 11 11 11 11"),
+    ("exe.bak", "exe", "11 11 11 11 11 00 00"),
+    ("x-error", "rro", "00 00 00 11 00 00 00"),
+    ("x-error", "ror", "00 00 11 11 00 11 00"),
+    ("x-error", "x-err", "00 11 00 11 11 00 00"),
+    ("x-error.log", "error", "11 11 11 11 00 00 00"),
+    ("North America", "ame", "00 10 00 10 00 00 00"),
+    ("North America", "Ame", "00 11 00 11 00 00 00"),
+    ("ABC", "abc", "10 10 10 10 10 10 10"),
+    (DOTTED_CAPITAL_I + "stanbul", "ist", "00 10 00 10 10 00 00"),
+    ("WOR" + KELVIN, "ork", "00 00 10 10 00 10 00"),
+    ("", "", "11 11 11 11 11 11 11"),
+    ("abc", "", "11 11 11 11 11 11 00"),
+]
+
+
+def _matrix_vectors() -> list[Vector]:
+    vectors: list[Vector] = []
+    for haystack, needle, answers in MATRIX:
+        bits = answers.replace(" ", "")
+        assert len(bits) == len(MATRIX_OPERATORS)
+        vectors += [(op, haystack, needle, bit == "1") for op, bit in zip(MATRIX_OPERATORS, bits, strict=True)]
+    return vectors
+
+
+MATRIX_VECTORS = _matrix_vectors()
+
+
+def test_the_matrix_tells_every_operator_from_every_other() -> None:
+    """The matrix covers every row of the table, and any two operators disagree on at least two of its rows."""
+    assert sorted(MATRIX_OPERATORS) == sorted(row.name for row in STRING_OPERATOR_TABLE)
+    columns = {op: [answers.replace(" ", "")[k] for _, _, answers in MATRIX] for k, op in enumerate(MATRIX_OPERATORS)}
+    for a, b in itertools.combinations(MATRIX_OPERATORS, 2):
+        assert sum(x != y for x, y in zip(columns[a], columns[b], strict=True)) >= 2, (a, b)
+
+
 VECTORS: list[Vector] = [
     *SPEC_HAS_VECTORS,
     *EDGE_HAS_VECTORS,
@@ -350,6 +406,7 @@ VECTORS: list[Vector] = [
     *CASE_SENSITIVE_SUBSTRING_VECTORS,
     *EQUALS_CI_VECTORS,
     *EQUALS_VECTORS,
+    *MATRIX_VECTORS,
 ]
 
 
