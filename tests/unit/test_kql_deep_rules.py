@@ -46,27 +46,37 @@ def _rule_yaml(query: str) -> str:
     return "id: deep\nname: deep\nquery: |\n" + "".join(f"  {line}\n" for line in query.splitlines())
 
 
-def test_two_thousand_or_ed_has_terms_match_exactly_as_has_any() -> None:
-    """``X has 'a' or X has 'b' or ...`` over 2000 names compiles and answers as ``X has_any (...)``."""
-    chain = " or ".join(f"FileName has '{name}'" for name in NAMES)
-    listed = "FileName has_any (" + ", ".join(f"'{name}'" for name in NAMES) + ")"
-    ored = compile_query(f"{TABLE} | where {chain}{BY}")
+LISTED = ", ".join(f"'{name}'" for name in NAMES)
+
+#: (a chain over the 2000 names, the has_any form it equals, its answers on VALUES, its prefilter strings)
+CHAINS = [
+    pytest.param(
+        " or ".join(f"FileName has '{name}'" for name in NAMES),
+        f"FileName has_any ({LISTED})",
+        [True, True, True, False, False, False, False, False, False],
+        frozenset(NAMES),
+        id="2000 or-ed has terms = has_any",
+    ),
+    pytest.param(
+        "(" + " and ".join(f"FileName !has '{name}'" for name in NAMES) + ")",
+        f"not(FileName has_any ({LISTED}))",
+        [False, False, False, True, True, True, True, True, True],
+        None,
+        id="2000 and-ed !has terms = not(has_any)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("chain", "listed", "answers", "required"), CHAINS)
+def test_a_two_thousand_term_chain_matches_exactly_as_its_has_any_form(
+    chain: str, listed: str, answers: list[bool], required: frozenset[str] | None
+) -> None:
+    """A flat chain of 2000 terms compiles and answers, with the same prefilter strings, as ``has_any``."""
+    chained = compile_query(f"{TABLE} | where {chain}{BY}")
     any_of = compile_query(f"{TABLE} | where {listed}{BY}")
-    answers = [ored.matches({"FileName": value}) for value in VALUES]
-    assert answers == [any_of.matches({"FileName": value}) for value in VALUES]
-    assert answers == [True, True, True, False, False, False, False, False, False]
-    assert ored.required == any_of.required == frozenset(NAMES)
-
-
-def test_two_thousand_and_ed_negations_match_exactly_as_not_has_any() -> None:
-    """``X !has 'a' and X !has 'b' and ...`` over 2000 names is ``not(X has_any (...))``."""
-    chain = " and ".join(f"FileName !has '{name}'" for name in NAMES)
-    listed = "not(FileName has_any (" + ", ".join(f"'{name}'" for name in NAMES) + "))"
-    anded = compile_query(f"{TABLE} | where ({chain}){BY}")
-    none_of = compile_query(f"{TABLE} | where {listed}{BY}")
-    answers = [anded.matches({"FileName": value}) for value in VALUES]
-    assert answers == [none_of.matches({"FileName": value}) for value in VALUES]
-    assert answers == [False, False, False, True, True, True, True, True, True]
+    assert [chained.matches({"FileName": value}) for value in VALUES] == answers
+    assert [any_of.matches({"FileName": value}) for value in VALUES] == answers
+    assert chained.required == any_of.required == required
 
 
 def test_a_rule_file_with_two_thousand_or_ed_terms_loads() -> None:
