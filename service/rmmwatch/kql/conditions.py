@@ -181,18 +181,21 @@ def all_of(conditions: Sequence[Condition], pos: Pos) -> Condition:
     required: frozenset[str] | None = None
     for condition in conditions:
         required = required_and(required, condition.required)
-    return Condition(every([c.evaluate for c in conditions]), required, pos)
+    return Condition(_every([c.evaluate for c in conditions]), required, pos)
 
 
 def any_of(conditions: Sequence[Condition], pos: Pos) -> Condition:
-    """``a or b or ...``: true if any is true, else null if any is null, else false."""
-    required: frozenset[str] | None = frozenset()
-    for condition in conditions:
-        required = required_or(required, condition.required)
+    """``a or b or ...``: true if any is true, else null if any is null, else false.
+
+    One term must hold, so only the union of all the terms' requirements is sound, and a term
+    without one leaves the whole without one.
+    """
+    requirements = [c.required for c in conditions if c.required is not None]
+    required = frozenset().union(*requirements) if len(requirements) == len(conditions) else None
     return Condition(_decided_by(tuple(c.evaluate for c in conditions), True), required, pos)
 
 
-def every(predicates: Sequence[Predicate]) -> Predicate:
+def _every(predicates: Sequence[Predicate]) -> Predicate:
     """The three-valued conjunction of predicates (true when there are none)."""
     if not predicates:
         return lambda e: True
@@ -245,10 +248,3 @@ def required_and(a: frozenset[str] | None, b: frozenset[str] | None) -> frozense
     if not a or not b:
         return frozenset()
     return a if min(map(len, a)) >= min(map(len, b)) else b
-
-
-def required_or(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
-    """One side must hold: only the union of two requirements is sound."""
-    if a is None or b is None:
-        return None
-    return a | b
