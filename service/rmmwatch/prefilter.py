@@ -5,6 +5,11 @@ Most messages cannot match any rule: a rule's predicate requires one of a few st
 ASCII case, cannot satisfy it. Scanning bytes is an order of magnitude cheaper than
 parsing JSON, so this is where the hot path's throughput comes from.
 
+The required strings come from the operator table (:mod:`rmmwatch.kql.operators`): a row
+that requires its needle promises that every matching value contains ``fold(needle)`` after
+``fold`` (simple case folding, :mod:`rmmwatch.kql.strings`), for case-sensitive rows too. So
+the search here is caseless, under that same ``fold``.
+
 The prefilter must never change a result. It searches the *encoded* JSON, so it must
 also say "maybe" wherever the encoding could hide a required string:
 

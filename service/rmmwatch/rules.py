@@ -26,7 +26,8 @@ from typing import Any, Literal
 
 import yaml
 
-from rmmwatch.kql.compiler import CompiledQuery, Predicate, compile_condition, compile_query
+from rmmwatch.kql.compiled import CompiledQuery, Predicate
+from rmmwatch.kql.compiler import compile_condition, compile_query
 from rmmwatch.kql.datetimes import TICKS_PER_MINUTE, timespan_literal
 from rmmwatch.kql.errors import KqlError
 from rmmwatch.kql.parser import tokenize
@@ -183,10 +184,34 @@ def load_rule(spec: str) -> Rule:
     return parse_rule(text, spec)
 
 
+#: How deeply a rule file's collections may nest (a rule file is about four levels deep).
+#: PyYAML composes nested collections recursively, so a deeper document is refused at its
+#: position before it can exhaust Python's stack.
+MAX_YAML_DEPTH = 64
+
+
+class _RuleLoader(yaml.SafeLoader):
+    """The safe loader, refusing documents nested deeper than :data:`MAX_YAML_DEPTH`."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.depth >= MAX_YAML_DEPTH:
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(None, None, f"nesting deeper than {MAX_YAML_DEPTH} levels", mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def parse_rule(text: str, source: str = "<rule>") -> Rule:
     """Parse and compile a rule document."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_RuleLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)

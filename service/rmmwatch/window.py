@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rmmwatch.kql.compiler import AggregateSpec, CompiledQuery, render_value
+from rmmwatch.kql.compiled import AggregateSpec, CompiledQuery, render_value
 
 
 def aggregate(specs: Sequence[AggregateSpec], contributions: Iterable[Sequence[Any]]) -> list[Any]:

@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rmmwatch.kql import strings
-from rmmwatch.kql.compiler import CompiledQuery, TimeWindow, compile_query
+from rmmwatch.kql.compiled import CompiledQuery, TimeWindow
+from rmmwatch.kql.compiler import compile_query
 from rmmwatch.kql.datetimes import TICKS_PER_DAY, TICKS_PER_HOUR, parse_datetime
 from rmmwatch.kql.errors import KqlError
 from rmmwatch.kql.schema import DEVICE_PROCESS_EVENTS
@@ -197,6 +198,14 @@ THREE_VALUED_VECTORS = [
     _vector('FileName has "x" and not(ProcessId < 5)', HAS_X, False),
     _vector('not(not(FileName has "x"))', HAS_X, True),
     _vector('(FileName has "y" or FileName has "x") and isempty(ProcessId)', HAS_X, True),
+    # chains of three or more terms are one n-ary node: the same three-valued rules
+    _vector('ProcessId < 5 or FileName has "y" or FileName has "z"', HAS_X, False),
+    _vector('ProcessId < 5 or FileName has "y" or FileName has "x"', HAS_X, True),
+    _vector('not(ProcessId < 5 or FileName has "y" or FileName has "z")', HAS_X, False),
+    _vector('not(FileName has "y" or FileName has "z" or FileName has "w")', HAS_X, True),
+    _vector('(FileName has "x" and ProcessId < 5 and FileName has "x")', HAS_X, False),
+    _vector('not(FileName has "x" and ProcessId < 5 and FileName has "x")', HAS_X, False),
+    _vector('not(FileName has "x" and ProcessId < 5 and FileName has "y")', HAS_X, True),
 ]
 
 

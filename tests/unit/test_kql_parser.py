@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from rmmwatch.kql.compiler import MAKE_SET_MAX, CompiledQuery, compile_query
+from rmmwatch.kql.compiled import MAKE_SET_MAX, CompiledQuery
+from rmmwatch.kql.compiler import compile_query
 from rmmwatch.kql.datetimes import (
     TICKS_PER_DAY,
     TICKS_PER_HOUR,
@@ -189,6 +190,14 @@ def _compiles(predicate: str, *texts: str) -> object:
         _compiles('FileName !endswith "x"', "FileName !endswith 'x'"),
         _compiles('FileName endswith_cs "x"', "FileName endswith_cs 'x'"),
         _compiles('FileName !endswith_cs "x"', "FileName !endswith_cs 'x'"),
+        _compiles('FileName hasprefix "x"', "FileName hasprefix 'x'"),
+        _compiles('FileName !hasprefix "x"', "FileName !hasprefix 'x'"),
+        _compiles('FileName hasprefix_cs "x"', "FileName hasprefix_cs 'x'"),
+        _compiles('FileName !hasprefix_cs "x"', "FileName !hasprefix_cs 'x'"),
+        _compiles('FileName hassuffix "x"', "FileName hassuffix 'x'"),
+        _compiles('FileName !hassuffix "x"', "FileName !hassuffix 'x'"),
+        _compiles('FileName hassuffix_cs "x"', "FileName hassuffix_cs 'x'"),
+        _compiles('FileName !hassuffix_cs "x"', "FileName !hassuffix_cs 'x'"),
         _compiles('FileName == "x"', "FileName == 'x'"),
         _compiles('FileName != "x"', "FileName != 'x'"),
         _compiles('FileName =~ "x"', "FileName =~ 'x'"),
@@ -209,6 +218,20 @@ def _compiles(predicate: str, *texts: str) -> object:
         _compiles('AdditionalFields has "x"', "AdditionalFields has 'x'"),
         _compiles('FileName has "a" and FileName has "b"', "FileName has 'a'", "FileName has 'b'"),
         _compiles('FileName has "a" or FileName has "b"', "(FileName has 'a' or FileName has 'b')"),
+        _compiles(
+            'FileName has "a" or FileName has "b" or FileName has "c"',
+            "(FileName has 'a' or FileName has 'b' or FileName has 'c')",
+        ),
+        _compiles(
+            '(FileName has "a" or FileName has "b") or FileName has "c"',
+            "((FileName has 'a' or FileName has 'b') or FileName has 'c')",
+        ),
+        _compiles(
+            'FileName has "a" and (FileName has "b" and FileName has "c")',
+            "FileName has 'a'",
+            "FileName has 'b'",
+            "FileName has 'c'",
+        ),
         _compiles('not(FileName has "a")', "not(FileName has 'a')"),
         _compiles(
             'FileName has "a" or FileName has "b" and ProcessId > 1',
@@ -363,7 +386,6 @@ REFUSED = [
     _refused(f"{TABLE} | take 10", "unsupported tabular operator 'take'", "take", name="| take"),
     _refused(f"{TABLE} | foo", "unknown tabular operator 'foo'", "foo", name="| unknown operator"),
     _refused(W + 'FileName matches regex "a"' + BY, "unsupported operator 'matches'", "matches", name="matches regex"),
-    _refused(W + 'FileName hasprefix "a"' + BY, "unsupported operator 'hasprefix'", "hasprefix", name="hasprefix"),
     _refused(W + 'FileName !has_any ("a")' + BY, "unsupported operator '!has_any'", "!has_any", name="!has_any"),
     _refused(W + 'tolower(FileName) == "a"' + BY, "unsupported function 'tolower'", "tolower", name="tolower(X)"),
     _refused(W + "strlen(FileName) > 3" + BY, "unsupported function 'strlen'", "strlen", name="strlen(X)"),

@@ -1,11 +1,15 @@
-"""``rmmwatch.kql.strings`` reproduces KQL's string operators exactly (docs/semantics.md §5).
+"""The operator table (``rmmwatch.kql.operators``) reproduces KQL's string operators exactly (docs/semantics.md §5).
 
-It proves: every ``has`` example of the specification, the edges the documentation leaves
-open (term characters are Unicode letters and digits, combining marks delimit, a boundary is
-needed only where the needle's end is a term character), ``has_cs``, ``contains``,
-``startswith``, ``endswith`` and ``=~`` vectors; that ``fold`` is length-preserving for every
-code point and that ``NON_ASCII_FOLDING_TO_ASCII`` lists exactly the non-ASCII characters that
-fold to ASCII; and, with hypothesis, that ``has`` equals a reference written from the definition.
+Every vector is checked through the functions compiled rules call: the table row's prepared
+needle, and a compiled ``where`` condition with the operator and with its negation. It proves:
+every ``has`` example of the specification, the edges the documentation leaves open (term
+characters are Unicode letters and digits, combining marks delimit, a boundary is needed only
+where the needle's end is a term character), ``has_cs``, ``hasprefix``/``hassuffix`` (a term
+prefix / suffix, with the documentation's examples), ``contains``, ``startswith``, ``endswith``,
+``=~`` and ``==`` vectors, each row both ways; that each row's prefilter requirement is sound
+(a match contains the needle, up to case); that ``fold`` is length-preserving for every code
+point and that ``NON_ASCII_FOLDING_TO_ASCII`` lists exactly the non-ASCII characters that fold to
+ASCII; and, with hypothesis, that ``has`` equals a reference written from the definition.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rmmwatch.kql import strings
+from rmmwatch.kql.compiler import compile_condition
+from rmmwatch.kql.operators import HAS, STRING_OPERATOR_TABLE, STRING_OPERATORS, StringOperator
+from rmmwatch.kql.schema import DEVICE_PROCESS_EVENTS
+from rmmwatch.kql.syntax import Literal, Pos, unparse
 
 DOTTED_CAPITAL_I = "\u0130"  # İ: simple lowercase is "i", Python's str.lower gives "i\u0307"
 KELVIN = "\u212a"  # KELVIN SIGN: simple lowercase is ASCII "k"
@@ -32,14 +40,29 @@ ODOS_UPPER = CAPITAL_OMICRON + CAPITAL_DELTA + CAPITAL_OMICRON + CAPITAL_SIGMA  
 ODOS_LOWER = SMALL_OMICRON + SMALL_DELTA + SMALL_OMICRON + SMALL_SIGMA  # "οδοσ", medial sigma
 
 
-def _case(haystack: str, needle: str, expected: bool) -> object:
+Vector = tuple[str, str, str, bool]  # (operator, haystack, needle, expected)
+
+
+def _vectors(operator: str, *cases: tuple[str, str, bool]) -> list[Vector]:
+    """The vectors of one operator, each ``(haystack, needle, expected)``."""
+    return [(operator, haystack, needle, expected) for haystack, needle, expected in cases]
+
+
+def _case(haystack: str, needle: str, expected: bool) -> tuple[str, str, bool]:
+    return haystack, needle, expected
+
+
+def _param(vector: Vector) -> object:
     """One vector as a readable pytest case: ``'hay' has 'needle' -> True``."""
-    return pytest.param(haystack, needle, expected, id=f"{haystack!r} ~ {needle!r} -> {expected}")
+    operator, haystack, needle, expected = vector
+    return pytest.param(*vector, id=f"{haystack!r} {operator} {needle!r} -> {expected}")
 
 
 # -- has -----------------------------------------------------------------------------------
 
-SPEC_HAS_VECTORS = [
+#: Every ``has`` example of the specification (docs/semantics.md).
+SPEC_HAS_VECTORS = _vectors(
+    "has",
     _case("North America", "america", True),
     _case("KustoExplorerQueryRun", "Explorer", False),
     _case("NetSupport Ltd", "netsupport", True),
@@ -55,9 +78,11 @@ SPEC_HAS_VECTORS = [
     _case("x ab y", " a", False),
     _case("b .b-", " ", True),
     _case("anything", "", True),
-]
+)
 
-EDGE_HAS_VECTORS = [
+#: The edges the documentation leaves open.
+EDGE_HAS_VECTORS = _vectors(
+    "has",
     # digits are term characters
     _case("abc123", "abc", False),
     _case("abc 123", "123", True),
@@ -111,131 +136,324 @@ EDGE_HAS_VECTORS = [
     _case("a_b", "_", True),
     _case("ab", "_", False),
     _case("C:\\Program Files\\NetSupport\\client32.exe", "\\netsupport\\", True),
+)
+
+
+#: ``has_cs`` is the same term match, but case-sensitive (no folding at all).
+HAS_CS_VECTORS = _vectors(
+    "has_cs",
+    _case("NetSupport Ltd", "NetSupport", True),
+    _case("NetSupport Ltd", "netsupport", False),
+    _case("NETSUPPORT LTD.", "NETSUPPORT", True),
+    _case("NetSupportLtd", "NetSupport", False),
+    _case("netsupport_ltd", "netsupport", True),
+    _case(DOTTED_CAPITAL_I + "stanbul", "istanbul", False),
+    _case(KELVIN + "elvin", "kelvin", False),
+    _case(KELVIN + "elvin", KELVIN + "elvin", True),
+    _case("\u00c9cole", "\u00e9cole", False),
+    _case("xa b", "a ", False),
+    _case("a b", "a ", True),
+    _case("b .b-", " ", True),
+    _case("", "", True),
+)
+
+#: ``contains`` is a case-insensitive substring test (never term-based).
+CONTAINS_VECTORS = _vectors(
+    "contains",
+    _case("KustoExplorerQueryRun", "explorer", True),
+    _case("NetSupportLtd", "NETSUPPORT", True),
+    _case("MyNetSupport", "netsupport", True),
+    _case("abc", "abcd", False),
+    _case("abc", "", True),
+    _case("", "", True),
+    _case("", "a", False),
+    _case(DOTTED_CAPITAL_I + "STANBUL", "ist", True),
+    _case("ISTANBUL", DOTTED_CAPITAL_I + "st", True),
+    _case(KELVIN + "ELVIN", "kel", True),
+    _case("\u00c9COLE", "\u00e9co", True),
+    _case("\u00c9COLE", "eco", False),
+    _case("stra\u00dfe", "STRASSE", False),  # simple folding: no ß -> ss expansion
+    _case("user_id=7", "_id", True),
+    _case("100%", "0%", True),
+)
+
+#: ``startswith`` is a case-insensitive prefix test (not term-based).
+STARTSWITH_VECTORS = _vectors(
+    "startswith",
+    _case("NetSupport Ltd", "netsup", True),
+    _case("NETSUPPORT", "netsupport", True),
+    _case("x NetSupport", "netsupport", False),
+    _case(" NetSupport", "netsupport", False),
+    _case("abc", "", True),
+    _case("", "", True),
+    _case("", "a", False),
+    _case("ab", "abc", False),
+    _case(DOTTED_CAPITAL_I + "stanbul", "is", True),
+    _case(KELVIN + "elvin", "K", True),
+)
+
+#: ``endswith`` is a case-insensitive suffix test (not term-based).
+ENDSWITH_VECTORS = _vectors(
+    "endswith",
+    _case("client32.exe", ".EXE", True),
+    _case("CLIENT32.EXE", "32.exe", True),
+    _case("exe.bak", "exe", False),
+    _case("abc", "", True),
+    _case("", "", True),
+    _case("", "a", False),
+    _case("bc", "abc", False),
+    _case("x" + DOTTED_CAPITAL_I, "i", True),
+    _case("WOR" + KELVIN, "ork", True),
+)
+
+#: ``=~`` compares simple-case-folded text for equality.
+EQUALS_CI_VECTORS = _vectors(
+    "=~",
+    _case("SchTasks.exe", "schtasks.exe", True),
+    _case("gpupdate.exe", "GPUPDATE.EXE", True),
+    _case("a", "a ", False),
+    _case(" a", "a", False),
+    _case("", "", True),
+    _case("", " ", False),
+    _case(DOTTED_CAPITAL_I, "i", True),
+    _case(DOTTED_CAPITAL_I, "I", True),
+    _case(KELVIN, "k", True),
+    _case("\u00c4", "\u00e4", True),
+    _case("\u00c4", "a", False),
+    _case("\u00df", "ss", False),
+)
+
+# -- hasprefix, hassuffix: learn.microsoft.com/kusto/query/hasprefix-operator, hassuffix-operator --
+
+#: ``hasprefix``: the needle starts a term (a boundary before it, none after), case-insensitive.
+HASPREFIX_VECTORS = _vectors(
+    "hasprefix",
+    _case("North America", "ame", True),
+    _case("North America", "mer", False),
+    _case("North America", "north am", True),
+    _case("x-error", "err", True),
+    _case("err or", "r o", False),
+    _case("err or", "or", True),
+    _case("NetSupportLtd", "netsupport", True),
+    _case("MyNetSupport", "netsupport", False),
+    _case("netsupport_ltd", "NETSUP", True),
+    _case("client32.exe", "client", True),
+    _case("client32.exe", "32", False),
+    _case("client32.exe", ".ex", True),
+    _case("caf\u00e9bar", "caf\u00e9", True),
+    _case("x\u00e9cole", "\u00e9cole", False),
+    _case("xa b", "a ", False),
+    _case("a b", "a ", True),
+    _case("b .b-", " ", True),
+    _case(DOTTED_CAPITAL_I + "stanbul", "ist", True),
+    _case(KELVIN + "elvin", "kel", True),
+    _case("anything", "", True),
+    _case("", "", True),
+    _case("", "a", False),
+)
+
+#: ``hasprefix_cs``: the same term prefix, case-sensitive.
+HASPREFIX_CS_VECTORS = _vectors(
+    "hasprefix_cs",
+    _case("North America", "Ame", True),
+    _case("North America", "ame", False),
+    _case("North America", "CA", False),
+    _case("NetSupport Ltd", "Net", True),
+    _case("MyNetSupport", "Net", False),
+    _case(KELVIN + "elvin", "kel", False),
+    _case("", "", True),
+)
+
+#: ``hassuffix``: the needle ends a term (a boundary after it, none before), case-insensitive.
+HASSUFFIX_VECTORS = _vectors(
+    "hassuffix",
+    _case("North America", "ica", True),
+    _case("North America", "americ", False),
+    _case("x-error", "err", False),
+    _case("x-error", "ROR", True),
+    _case("err or", "r o", False),
+    _case("err o", "r o", True),
+    _case("MyNetSupport", "netsupport", True),
+    _case("NetSupportLtd", "netsupport", False),
+    _case("client32.exe", "32", True),
+    _case("client32.exe", "client", False),
+    _case("client32.exe", "EXE", True),
+    _case("a_b", "_", True),
+    _case("ab", "_", False),
+    _case("x" + DOTTED_CAPITAL_I, "i", True),
+    _case("WOR" + KELVIN, "ork", True),
+    _case("anything", "", True),
+    _case("", "x", False),
+)
+
+#: ``hassuffix_cs``: the same term suffix, case-sensitive.
+HASSUFFIX_CS_VECTORS = _vectors(
+    "hassuffix_cs",
+    _case("North America", "ica", True),
+    _case("North America", "icA", False),
+    _case("MyNetSupport", "NetSupport", True),
+    _case("MyNetSupport", "netsupport", False),
+    _case("WOR" + KELVIN, "ork", False),
+    _case("", "", True),
+)
+
+#: ``contains_cs``, ``startswith_cs``, ``endswith_cs``: the same tests without folding.
+CASE_SENSITIVE_SUBSTRING_VECTORS = [
+    *_vectors(
+        "contains_cs",
+        _case("KustoExplorerQueryRun", "Explorer", True),
+        _case("KustoExplorerQueryRun", "explorer", False),
+        _case("abc", "", True),
+        _case(DOTTED_CAPITAL_I + "STANBUL", "ist", False),
+        _case("\u00c9COLE", "\u00c9CO", True),
+    ),
+    *_vectors(
+        "startswith_cs",
+        _case("NetSupport Ltd", "NetSup", True),
+        _case("NetSupport Ltd", "netsup", False),
+        _case("", "", True),
+        _case(KELVIN + "elvin", "K", False),
+    ),
+    *_vectors(
+        "endswith_cs",
+        _case("client32.exe", ".exe", True),
+        _case("client32.exe", ".EXE", False),
+        _case("bc", "abc", False),
+        _case("WOR" + KELVIN, KELVIN, True),
+    ),
+]
+
+#: ``==`` on strings: exact, case-sensitive equality (no folding).
+EQUALS_VECTORS = _vectors(
+    "==",
+    _case("client32.exe", "client32.exe", True),
+    _case("client32.exe", "Client32.exe", False),
+    _case("a", "a ", False),
+    _case("", "", True),
+    _case("", " ", False),
+    _case(DOTTED_CAPITAL_I, "i", False),
+    _case(KELVIN, "k", False),
+    _case("\u00c4", "\u00c4", True),
+)
+
+# -- every operator against every other ------------------------------------------------------
+
+#: The operators of the matrix below, in pairs: each family caseless then case-sensitive.
+MATRIX_OPERATORS = [
+    *("has", "has_cs", "hasprefix", "hasprefix_cs", "hassuffix", "hassuffix_cs", "contains", "contains_cs"),
+    *("startswith", "startswith_cs", "endswith", "endswith_cs", "=~", "=="),
+]
+
+#: For each (haystack, needle), every operator's answer (1 true, 0 false) in MATRIX_OPERATORS
+#: order. Rows are chosen so that every operator's column differs from every other's in at
+#: least two rows (checked below): a mutation turning one operator into another, or dropping
+#: its case rule, fails many vectors.
+MATRIX = [
+    #                                     has  hasprefix hassuffix contains startswith endswith =~/==
+    ("NetSupport Ltd", "netsupport", "10 10 10 10 10 00 00"),
+    ("NetSupport Ltd", "Ltd", "11 11 11 11 00 11 00"),
+    ("MyNetSupport", "netsupport", "00 00 10 10 00 10 00"),
+    ("MyNetSupport", "NetSupport", "00 00 11 11 00 11 00"),
+    ("NetSupportLtd", "NetSupport", "00 11 00 11 11 00 00"),
+    ("client32.exe", "CLIENT32.EXE", "10 10 10 10 10 10 10"),
+    ("client32.exe", "client32.exe", "11 11 11 11 11 11 11"),
+    ("exe.bak", "exe", "11 11 11 11 11 00 00"),
+    ("x-error", "rro", "00 00 00 11 00 00 00"),
+    ("x-error", "ror", "00 00 11 11 00 11 00"),
+    ("x-error", "x-err", "00 11 00 11 11 00 00"),
+    ("x-error.log", "error", "11 11 11 11 00 00 00"),
+    ("North America", "ame", "00 10 00 10 00 00 00"),
+    ("North America", "Ame", "00 11 00 11 00 00 00"),
+    ("ABC", "abc", "10 10 10 10 10 10 10"),
+    (DOTTED_CAPITAL_I + "stanbul", "ist", "00 10 00 10 10 00 00"),
+    ("WOR" + KELVIN, "ork", "00 00 10 10 00 10 00"),
+    ("", "", "11 11 11 11 11 11 11"),
+    ("abc", "", "11 11 11 11 11 11 00"),
 ]
 
 
-@pytest.mark.parametrize(("haystack", "needle", "expected"), SPEC_HAS_VECTORS + EDGE_HAS_VECTORS)
-def test_has(haystack: str, needle: str, expected: bool) -> None:
-    """``haystack has needle`` is a case-insensitive term match with KQL's boundary rule."""
-    assert strings.has(haystack, needle) is expected
+def _matrix_vectors() -> list[Vector]:
+    vectors: list[Vector] = []
+    for haystack, needle, answers in MATRIX:
+        bits = answers.replace(" ", "")
+        assert len(bits) == len(MATRIX_OPERATORS)
+        vectors += [(op, haystack, needle, bit == "1") for op, bit in zip(MATRIX_OPERATORS, bits, strict=True)]
+    return vectors
 
 
-@pytest.mark.parametrize(("haystack", "needle", "expected"), SPEC_HAS_VECTORS + EDGE_HAS_VECTORS)
-def test_term_needle_is_has(haystack: str, needle: str, expected: bool) -> None:
-    """A prepared ``TermNeedle`` (what compiled rules use) answers like ``has``."""
-    assert strings.TermNeedle(needle, case_sensitive=False).found_in(haystack) is expected
+MATRIX_VECTORS = _matrix_vectors()
 
 
-@pytest.mark.parametrize(
-    ("haystack", "needle", "expected"),
-    [
-        _case("NetSupport Ltd", "NetSupport", True),
-        _case("NetSupport Ltd", "netsupport", False),
-        _case("NETSUPPORT LTD.", "NETSUPPORT", True),
-        _case("NetSupportLtd", "NetSupport", False),
-        _case("netsupport_ltd", "netsupport", True),
-        _case(DOTTED_CAPITAL_I + "stanbul", "istanbul", False),
-        _case(KELVIN + "elvin", "kelvin", False),
-        _case(KELVIN + "elvin", KELVIN + "elvin", True),
-        _case("\u00c9cole", "\u00e9cole", False),
-        _case("xa b", "a ", False),
-        _case("a b", "a ", True),
-        _case("b .b-", " ", True),
-        _case("", "", True),
-    ],
-)
-def test_has_cs(haystack: str, needle: str, expected: bool) -> None:
-    """``has_cs`` is the same term match, but case-sensitive (no folding at all)."""
-    assert strings.has_cs(haystack, needle) is expected
+def test_the_matrix_tells_every_operator_from_every_other() -> None:
+    """The matrix covers every row of the table, and any two operators disagree on at least two of its rows."""
+    assert sorted(MATRIX_OPERATORS) == sorted(row.name for row in STRING_OPERATOR_TABLE)
+    columns = {op: [answers.replace(" ", "")[k] for _, _, answers in MATRIX] for k, op in enumerate(MATRIX_OPERATORS)}
+    for a, b in itertools.combinations(MATRIX_OPERATORS, 2):
+        assert sum(x != y for x, y in zip(columns[a], columns[b], strict=True)) >= 2, (a, b)
 
 
-# -- contains, startswith, endswith, =~ ------------------------------------------------------
+VECTORS: list[Vector] = [
+    *SPEC_HAS_VECTORS,
+    *EDGE_HAS_VECTORS,
+    *HAS_CS_VECTORS,
+    *HASPREFIX_VECTORS,
+    *HASPREFIX_CS_VECTORS,
+    *HASSUFFIX_VECTORS,
+    *HASSUFFIX_CS_VECTORS,
+    *CONTAINS_VECTORS,
+    *STARTSWITH_VECTORS,
+    *ENDSWITH_VECTORS,
+    *CASE_SENSITIVE_SUBSTRING_VECTORS,
+    *EQUALS_CI_VECTORS,
+    *EQUALS_VECTORS,
+    *MATRIX_VECTORS,
+]
 
 
-@pytest.mark.parametrize(
-    ("haystack", "needle", "expected"),
-    [
-        _case("KustoExplorerQueryRun", "explorer", True),
-        _case("NetSupportLtd", "NETSUPPORT", True),
-        _case("MyNetSupport", "netsupport", True),
-        _case("abc", "abcd", False),
-        _case("abc", "", True),
-        _case("", "", True),
-        _case("", "a", False),
-        _case(DOTTED_CAPITAL_I + "STANBUL", "ist", True),
-        _case("ISTANBUL", DOTTED_CAPITAL_I + "st", True),
-        _case(KELVIN + "ELVIN", "kel", True),
-        _case("\u00c9COLE", "\u00e9co", True),
-        _case("\u00c9COLE", "eco", False),
-        _case("stra\u00dfe", "STRASSE", False),  # simple folding: no ß -> ss expansion
-        _case("user_id=7", "_id", True),
-        _case("100%", "0%", True),
-    ],
-)
-def test_contains(haystack: str, needle: str, expected: bool) -> None:
-    """``contains`` is a case-insensitive substring test (never term-based)."""
-    assert strings.contains(haystack, needle) is expected
+def _row(operator: str) -> StringOperator:
+    row, negated = STRING_OPERATORS[operator]
+    assert not negated
+    return row
 
 
-@pytest.mark.parametrize(
-    ("haystack", "needle", "expected"),
-    [
-        _case("NetSupport Ltd", "netsup", True),
-        _case("NETSUPPORT", "netsupport", True),
-        _case("x NetSupport", "netsupport", False),
-        _case(" NetSupport", "netsupport", False),
-        _case("abc", "", True),
-        _case("", "", True),
-        _case("", "a", False),
-        _case("ab", "abc", False),
-        _case(DOTTED_CAPITAL_I + "stanbul", "is", True),
-        _case(KELVIN + "elvin", "K", True),
-    ],
-)
-def test_startswith(haystack: str, needle: str, expected: bool) -> None:
-    """``startswith`` is a case-insensitive prefix test (not term-based)."""
-    assert strings.startswith(haystack, needle) is expected
+@pytest.mark.parametrize(("operator", "haystack", "needle", "expected"), [_param(v) for v in VECTORS])
+def test_table_row_answers_its_vectors(operator: str, haystack: str, needle: str, expected: bool) -> None:
+    """The row's prepared needle (the test compiled conditions call) answers each vector."""
+    assert _row(operator).test(haystack, needle) is expected
 
 
-@pytest.mark.parametrize(
-    ("haystack", "needle", "expected"),
-    [
-        _case("client32.exe", ".EXE", True),
-        _case("CLIENT32.EXE", "32.exe", True),
-        _case("exe.bak", "exe", False),
-        _case("abc", "", True),
-        _case("", "", True),
-        _case("", "a", False),
-        _case("bc", "abc", False),
-        _case("x" + DOTTED_CAPITAL_I, "i", True),
-        _case("WOR" + KELVIN, "ork", True),
-    ],
-)
-def test_endswith(haystack: str, needle: str, expected: bool) -> None:
-    """``endswith`` is a case-insensitive suffix test (not term-based)."""
-    assert strings.endswith(haystack, needle) is expected
+def _kql_condition(operator: str, needle: str) -> str:
+    return f"FileName {operator} {unparse(Literal(needle, 'string', Pos(1, 1)))}"
 
 
-@pytest.mark.parametrize(
-    ("haystack", "needle", "expected"),
-    [
-        _case("SchTasks.exe", "schtasks.exe", True),
-        _case("gpupdate.exe", "GPUPDATE.EXE", True),
-        _case("a", "a ", False),
-        _case(" a", "a", False),
-        _case("", "", True),
-        _case("", " ", False),
-        _case(DOTTED_CAPITAL_I, "i", True),
-        _case(DOTTED_CAPITAL_I, "I", True),
-        _case(KELVIN, "k", True),
-        _case("\u00c4", "\u00e4", True),
-        _case("\u00c4", "a", False),
-        _case("\u00df", "ss", False),
-    ],
-)
-def test_equals_ci(haystack: str, needle: str, expected: bool) -> None:
-    """``=~`` compares simple-case-folded text for equality."""
-    assert strings.equals_ci(haystack, needle) is expected
+@pytest.mark.parametrize(("operator", "haystack", "needle", "expected"), [_param(v) for v in VECTORS])
+def test_compiled_condition_and_its_negation_answer_each_vector(
+    operator: str, haystack: str, needle: str, expected: bool
+) -> None:
+    """``where FileName <op> 'needle'`` keeps the row as the vector says, and the negated spelling does not."""
+    row = _row(operator)
+    positive, _ = compile_condition(_kql_condition(row.name, needle), DEVICE_PROCESS_EVENTS)
+    negative, _ = compile_condition(_kql_condition(row.negation, needle), DEVICE_PROCESS_EVENTS)
+    assert positive.evaluate({"FileName": haystack}) is expected
+    assert negative.evaluate({"FileName": haystack}) is (not expected)
+    assert positive.required == (frozenset({needle}) if needle else None)
+    assert negative.required is None
+
+
+@pytest.mark.parametrize("row", [pytest.param(row, id=row.name) for row in STRING_OPERATOR_TABLE])
+def test_every_row_has_vectors_both_ways(row: StringOperator) -> None:
+    """Each operator of the table has at least two vectors that hold and two that do not."""
+    answers = [expected for operator, _, _, expected in VECTORS if operator == row.name]
+    assert answers.count(True) >= 2
+    assert answers.count(False) >= 2
+
+
+def test_the_table_spells_each_operator_once() -> None:
+    """No two rows share a spelling, and every row's negation maps back to it."""
+    spellings = [name for row in STRING_OPERATOR_TABLE for name in (row.name, row.negation)]
+    assert len(spellings) == len(set(spellings)) == len(STRING_OPERATORS)
+    for row in STRING_OPERATOR_TABLE:
+        assert STRING_OPERATORS[row.negation] == (row, True)
 
 
 @pytest.mark.parametrize(
@@ -317,12 +535,12 @@ def test_fold_is_per_character(text: str) -> None:
         pytest.param("has", ODOS_UPPER + " " + CAPITAL_OMICRON, ODOS_LOWER, id="ODOS-greek has odos-greek"),
         pytest.param("contains", ODOS_UPPER, SMALL_OMICRON + SMALL_SIGMA, id="ODOS-greek contains os-greek"),
         pytest.param("endswith", ODOS_UPPER, SMALL_SIGMA, id="ODOS-greek endswith small sigma"),
-        pytest.param("equals_ci", ODOS_UPPER, ODOS_LOWER, id="ODOS-greek =~ odos-greek"),
+        pytest.param("=~", ODOS_UPPER, ODOS_LOWER, id="ODOS-greek =~ odos-greek"),
     ],
 )
 def test_final_capital_sigma_matches_small_sigma(operator: str, haystack: str, needle: str) -> None:
     """A word-final capital sigma matches a small sigma case-insensitively, as anywhere else in a word."""
-    assert getattr(strings, operator)(haystack, needle) is True
+    assert _row(operator).test(haystack, needle) is True
 
 
 # -- has against a reference written from the definition ------------------------------------
@@ -393,7 +611,7 @@ def _reference_terms(text: str) -> list[str]:
 def test_has_matches_the_reference(pair: tuple[str, str]) -> None:
     """``has`` answers like a position-by-position scan of the definition on folded text."""
     haystack, needle = pair
-    assert strings.has(haystack, needle) is _reference_has(haystack, needle, fold=True)
+    assert HAS.test(haystack, needle) is _reference_has(haystack, needle, fold=True)
 
 
 @settings(max_examples=600)
@@ -401,7 +619,7 @@ def test_has_matches_the_reference(pair: tuple[str, str]) -> None:
 def test_has_cs_matches_the_reference(pair: tuple[str, str]) -> None:
     """``has_cs`` answers like the same scan without folding."""
     haystack, needle = pair
-    assert strings.has_cs(haystack, needle) is _reference_has(haystack, needle, fold=False)
+    assert _row("has_cs").test(haystack, needle) is _reference_has(haystack, needle, fold=False)
 
 
 TERM_ALPHABET = [c for c in ALPHABET if _reference_is_term(c)]
@@ -428,4 +646,14 @@ def test_has_of_a_single_term_is_term_membership(pair: tuple[str, str]) -> None:
     haystack, needle = pair
     folded = _reference_fold(needle)
     assert _reference_terms(folded) == [folded]  # folding keeps a term one term
-    assert strings.has(haystack, needle) is (folded in _reference_terms(_reference_fold(haystack)))
+    assert HAS.test(haystack, needle) is (folded in _reference_terms(_reference_fold(haystack)))
+
+
+@settings(max_examples=600)
+@given(row=st.sampled_from(STRING_OPERATOR_TABLE), pair=haystack_and_needle())
+def test_prefilter_requirement_of_every_row_is_sound(row: StringOperator, pair: tuple[str, str]) -> None:
+    """Where a row requires its needle, every match contains it up to case: what the byte prefilter searches."""
+    haystack, needle = pair
+    required = row.required(needle)
+    if row.test(haystack, needle) and required is not None:
+        assert any(strings.fold(text) in strings.fold(haystack) for text in required)

@@ -1,4 +1,4 @@
-"""Compile a parsed query into what the streaming path runs per event.
+"""Compile a parsed query into what the streaming path runs per event (the types: :mod:`.compiled`).
 
 A hunting query becomes four things:
 
@@ -9,22 +9,32 @@ A hunting query becomes four things:
 * the **required strings** of the predicate: texts of which at least one must occur in
   a record for the predicate to be true, the input of the byte prefilter.
 
-Predicates use KQL's three-valued logic: closures return ``True``, ``False`` or ``None``
-(null), and ``where`` keeps a row only on ``True``. String comparisons are total (strings
-are never null in KQL); ordering comparisons with a null operand are null.
+The compiler resolves names, folds constants and type-checks operands, and refuses what it
+cannot run with a :class:`KqlError` at the construct's position; the closures themselves are
+built in :mod:`rmmwatch.kql.conditions` from the operator table in :mod:`rmmwatch.kql.operators`.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
-from rmmwatch.kql import strings
-from rmmwatch.kql.datetimes import format_datetime, timespan_literal
+from rmmwatch.kql import conditions
+from rmmwatch.kql.compiled import (
+    MAKE_SET_MAX,
+    AggregateSpec,
+    Column,
+    CompiledQuery,
+    Condition,
+    Const,
+    ConstList,
+    TimeWindow,
+    Value,
+)
 from rmmwatch.kql.errors import KqlError
-from rmmwatch.kql.parser import COMPARISON_OPERATORS, STRING_OPERATORS, parse
+from rmmwatch.kql.operators import COMPARISON_OPERATORS, LIST_OPERATORS, STRING_OPERATORS, SWAPPED_COMPARISONS
+from rmmwatch.kql.parser import parse
 from rmmwatch.kql.schema import TABLES, KqlType
 from rmmwatch.kql.syntax import (
     Aggregate,
@@ -36,6 +46,7 @@ from rmmwatch.kql.syntax import (
     Extend,
     ListOp,
     Literal,
+    Logical,
     Name,
     Negate,
     Pos,
@@ -45,162 +56,14 @@ from rmmwatch.kql.syntax import (
     unparse,
 )
 
-Event = Mapping[str, Any]
-Predicate = Callable[[Event], bool | None]
-
-#: make_set's default and maximum size (learn.microsoft.com/kusto/query/make-set-aggregation-function).
-MAKE_SET_MAX = 1_048_576
-
 _NUMERIC = frozenset({"long", "real"})
 _ORDERED = frozenset({"long", "real", "datetime", "timespan"})
 _TEXT = frozenset({"string", "dynamic"})
+_SCALAR_CONSTANT = ("string", "long", "real", "bool")
 
 
 def _error(message: str, pos: Pos) -> KqlError:
     return KqlError(message, pos.line, pos.column)
-
-
-# -- compiled values ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Const:
-    """A value known at compile time. ``type == "now"`` is ``now() + value`` (ticks)."""
-
-    type: str
-    value: Any
-    pos: Pos
-
-
-@dataclass(frozen=True, slots=True)
-class Column:
-    """A reference to an event column."""
-
-    name: str
-    type: KqlType
-    pos: Pos
-
-
-@dataclass(frozen=True, slots=True)
-class Condition:
-    """A compiled boolean: its closure and the strings one of which it requires."""
-
-    evaluate: Predicate
-    required: frozenset[str] | None
-    pos: Pos
-
-
-@dataclass(frozen=True, slots=True)
-class ConstList:
-    """A list of constants (``dynamic([...])``, ``pack_array``, a let-bound array)."""
-
-    items: tuple[Const, ...]
-    pos: Pos
-
-
-Value = Const | Column | Condition | ConstList
-
-
-# -- the result --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TimeWindow:
-    """Inclusive bounds on ``Timestamp`` relative to now: ``now+low <= Timestamp <= now+high``.
-
-    ``None`` means unbounded on that side. Exclusive KQL bounds are made inclusive by one
-    tick (KQL datetimes are integer ticks), so every edge is exact.
-    """
-
-    low: int | None
-    high: int | None
-
-    def contains(self, ticks: int, now: int) -> bool:
-        """Whether an event at ``ticks`` counts when the query runs at ``now``."""
-        return (self.low is None or ticks >= now + self.low) and (self.high is None or ticks <= now + self.high)
-
-    def active_from(self, ticks: int) -> int | None:
-        """The first ``now`` at which an event at ``ticks`` counts (None: always has)."""
-        return None if self.high is None else ticks - self.high
-
-    def active_until(self, ticks: int) -> int | None:
-        """The last ``now`` at which an event at ``ticks`` counts (None: forever)."""
-        return None if self.low is None else ticks - self.low
-
-    def describe(self) -> str:
-        low = "-inf" if self.low is None else f"now(){_signed(self.low)}"
-        high = "+inf" if self.high is None else f"now(){_signed(self.high)}"
-        return f"Timestamp between ({low} .. {high}), inclusive"
-
-
-def _signed(ticks: int) -> str:
-    if ticks == 0:
-        return ""
-    return f"+{timespan_literal(ticks)}" if ticks > 0 else f"-{timespan_literal(-ticks)}"
-
-
-@dataclass(frozen=True, slots=True)
-class AggregateSpec:
-    """One output column of ``summarize``."""
-
-    name: str
-    func: str  # count, countif, min, max, make_set, dcount
-    column: str | None
-    column_type: KqlType | None
-    predicate: Predicate | None = None
-    size: int = MAKE_SET_MAX
-    text: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledQuery:
-    """A hunting query ready to run per event."""
-
-    text: str
-    table: str
-    category: str
-    schema: Mapping[str, KqlType]
-    columns: frozenset[str]
-    condition_columns: frozenset[str]
-    window: TimeWindow
-    conditions: tuple[Condition, ...]
-    condition_texts: tuple[str, ...]
-    required: frozenset[str] | None
-    group_by: tuple[str, ...]
-    group_by_types: tuple[KqlType, ...]
-    constants: Mapping[str, Any]
-    aggregates: tuple[AggregateSpec, ...]
-    _evaluate: Predicate = field(repr=False, compare=False)
-
-    def matches(self, event: Event) -> bool:
-        """Whether the ``where`` conditions (not the time window) keep this event."""
-        return self._evaluate(event) is True
-
-    def group_key(self, event: Event) -> tuple[Any, ...]:
-        """The ``by`` values of an event (constants from ``extend`` included)."""
-        constants = self.constants
-        return tuple(constants[c] if c in constants else event.get(c) for c in self.group_by)
-
-    def contribution(self, event: Event) -> tuple[Any, ...]:
-        """What this event brings to each aggregate (a column value, a countif flag, or None)."""
-        out: list[Any] = []
-        constants = self.constants
-        for spec in self.aggregates:
-            if spec.func == "count":
-                out.append(None)
-            elif spec.func == "countif":
-                assert spec.predicate is not None
-                out.append(spec.predicate(event) is True)
-            else:
-                assert spec.column is not None
-                out.append(constants[spec.column] if spec.column in constants else event.get(spec.column))
-        return tuple(out)
-
-    def output_columns(self) -> tuple[str, ...]:
-        return self.group_by + tuple(a.name for a in self.aggregates)
-
-
-# -- the compiler ------------------------------------------------------------------------
 
 
 class _Scope:
@@ -227,6 +90,8 @@ class _Scope:
 
 
 class _Compiler:
+    """Turns expressions into values: constants folded, columns resolved, conditions built."""
+
     def __init__(self, scope: _Scope) -> None:
         self.scope = scope
 
@@ -259,15 +124,26 @@ class _Compiler:
             raise _error("unary minus applies to a numeric or timespan constant only", expr.pos)
         if isinstance(expr, Call):
             return self.call(expr)
-        if isinstance(expr, Binary):
-            if expr.op in ("+", "-"):
-                return self.arithmetic(expr)
-            return self.condition(expr)
+        if isinstance(expr, Binary) and expr.op in ("+", "-"):
+            return self.arithmetic(expr)
         return self.condition(expr)
 
     def arithmetic(self, expr: Binary) -> Const:
-        left = self.value(expr.left)
-        right = self.value(expr.right)
+        # A chain ``a + b - c`` is left-nested: walk down its left spine, then fold upwards,
+        # so a long chain costs no recursion.
+        steps: list[Binary] = []
+        node: Expr = expr
+        while isinstance(node, Binary) and node.op in ("+", "-"):
+            steps.append(node)
+            node = node.left
+        left = self.value(node)
+        for step in reversed(steps):
+            left = self.add(step, left, self.value(step.right))
+        assert isinstance(left, Const)
+        return left
+
+    @staticmethod
+    def add(expr: Binary, left: Value, right: Value) -> Const:
         if not (isinstance(left, Const) and isinstance(right, Const)):
             raise _error(f"arithmetic '{expr.op}' is supported on constants only (e.g. now() - 5d)", expr.pos)
         sign = 1 if expr.op == "+" else -1
@@ -296,68 +172,38 @@ class _Compiler:
                 raise _error("ago() takes one timespan argument, e.g. ago(5d)", expr.pos)
             return Const("now", -span.value, expr.pos)
         if name in ("isempty", "isnotempty", "isnull", "isnotnull"):
-            return self.emptiness(expr)
+            if len(args) != 1:
+                raise _error(f"{name}() takes one argument", expr.pos)
+            column = self.value(args[0])
+            if not isinstance(column, Column):
+                raise _error(f"{name}() applies to a column", expr.pos)
+            return conditions.emptiness_condition(name, column.name, column.type in _TEXT, expr.pos)
         if name == "not":
             if len(args) != 1:
                 raise _error("not() takes one argument", expr.pos)
-            inner = self.as_condition(self.value(args[0]), "the argument of not()")
-            evaluate = inner.evaluate
-
-            def negate(event: Event) -> bool | None:
-                result = evaluate(event)
-                return None if result is None else not result
-
-            return Condition(negate, None, expr.pos)
+            return conditions.negation(self.as_condition(self.value(args[0]), "the argument of not()"), expr.pos)
         if name in ("tolower", "toupper", "strlen", "tostring", "trim", "split", "extract", "strcat"):
             raise _error(f"unsupported function {name!r}: rmmwatch compares columns directly", expr.pos)
         raise _error(f"unsupported function {name!r}", expr.pos)
-
-    def emptiness(self, expr: Call) -> Condition:
-        if len(expr.args) != 1:
-            raise _error(f"{expr.name}() takes one argument", expr.pos)
-        column = self.value(expr.args[0])
-        if not isinstance(column, Column):
-            raise _error(f"{expr.name}() applies to a column", expr.pos)
-        name = column.name
-        text = column.type in _TEXT
-        if expr.name in ("isempty", "isnull"):
-            if text and expr.name == "isnull":
-                return Condition(lambda e: False, frozenset(), expr.pos)  # strings are never null
-
-            def empty(event: Event) -> bool:
-                value = event.get(name)
-                return value is None or (text and value == "")
-
-            return Condition(empty, None, expr.pos)
-        if text and expr.name == "isnotnull":
-            return Condition(lambda e: True, None, expr.pos)
-
-        def not_empty(event: Event) -> bool:
-            value = event.get(name)
-            return value is not None and not (text and value == "")
-
-        return Condition(not_empty, None, expr.pos)
 
     # -- conditions ----------------------------------------------------------------------
     def as_condition(self, value: Value, context: str) -> Condition:
         if isinstance(value, Condition):
             return value
         if isinstance(value, Const) and value.type == "bool":
-            flag = bool(value.value)
-            return Condition(lambda e: flag, None if flag else frozenset(), value.pos)
+            return conditions.constant_condition(bool(value.value), value.pos)
         if isinstance(value, Column) and value.type == "bool":
-            name = value.name
-            return Condition(lambda e: e.get(name), None, value.pos)
+            return conditions.bool_column_condition(value.name, value.pos)
         raise _error(f"{context} must be a boolean condition", value.pos)
 
     def condition(self, expr: Expr) -> Condition:
+        if isinstance(expr, Logical):
+            return self.logical(expr)
         if isinstance(expr, Binary):
-            if expr.op in ("and", "or"):
-                return self.logical(expr)
-            if expr.op in STRING_OPERATORS:
-                return self.string_operator(expr)
             if expr.op in COMPARISON_OPERATORS:
                 return self.comparison(expr)
+            if expr.op in STRING_OPERATORS:
+                return self.string_operator(expr)
             raise _error(f"unsupported operator {expr.op!r}", expr.pos)
         if isinstance(expr, Between):
             return self.between(expr)
@@ -365,33 +211,14 @@ class _Compiler:
             return self.list_operator(expr)
         return self.as_condition(self.value(expr), "this expression")
 
-    def logical(self, expr: Binary) -> Condition:
-        left = self.as_condition(self.value(expr.left), f"the left side of '{expr.op}'")
-        right = self.as_condition(self.value(expr.right), f"the right side of '{expr.op}'")
-        lf, rf = left.evaluate, right.evaluate
+    def logical(self, expr: Logical) -> Condition:
+        terms = [
+            self.as_condition(self.value(term), f"the {'left' if k == 0 else 'right'} side of '{expr.op}'")
+            for k, term in enumerate(expr.terms)
+        ]
         if expr.op == "and":
-
-            def both(event: Event) -> bool | None:
-                a = lf(event)
-                if a is False:
-                    return False
-                b = rf(event)
-                if b is False:
-                    return False
-                return None if a is None or b is None else True
-
-            return Condition(both, _required_and(left.required, right.required), expr.pos)
-
-        def either(event: Event) -> bool | None:
-            a = lf(event)
-            if a is True:
-                return True
-            b = rf(event)
-            if b is True:
-                return True
-            return None if a is None or b is None else False
-
-        return Condition(either, _required_or(left.required, right.required), expr.pos)
+            return conditions.all_of(terms, expr.pos)
+        return conditions.any_of(terms, expr.pos)
 
     def string_operator(self, expr: Binary) -> Condition:
         op = expr.op
@@ -403,23 +230,8 @@ class _Compiler:
             raise _error(f"{op!r} needs a string column; {left.name!r} is {left.type}", expr.pos)
         if not isinstance(right, Const) or right.type != "string":
             raise _error(f"the right side of {op!r} must be a string constant", expr.pos)
-        name = left.name
-        needle: str = right.value
-        negated = op.startswith("!")
-        base = "=~" if op == "!~" else op.lstrip("!")
-        test = _string_test(base, needle)
-
-        if negated:
-
-            def evaluate(event: Event) -> bool:
-                return not test(event.get(name) or "")
-
-            return Condition(evaluate, None, expr.pos)
-
-        def positive(event: Event) -> bool:
-            return test(event.get(name) or "")
-
-        return Condition(positive, frozenset({needle}) if needle else None, expr.pos)
+        row, negated = STRING_OPERATORS[op]
+        return conditions.string_condition(row, negated, left.name, right.value, expr.pos)
 
     def comparison(self, expr: Binary) -> Condition:
         op = expr.op
@@ -427,10 +239,9 @@ class _Compiler:
         right = self.value(expr.right)
         if isinstance(left, Const) and isinstance(right, Column):
             left, right = right, left
-            op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(op, op)
+            op = SWAPPED_COMPARISONS[op]
         if not isinstance(left, Column):
             raise _error(f"comparison {op!r} needs a column on one side", expr.pos)
-        name = left.name
         if isinstance(right, Column):
             raise _error("comparing two columns is not supported", expr.pos)
         if not isinstance(right, Const):
@@ -442,21 +253,12 @@ class _Compiler:
                 right.pos,
             )
         _check_comparable(left, right, op, expr.pos)
-        target = right.value
         if left.type in _TEXT:
             if op not in ("==", "!="):
-                raise _error(f"ordering comparison {op!r} on string column {name!r} is not supported", expr.pos)
-            if op == "==":
-                return Condition(
-                    lambda e: (e.get(name) or "") == target,
-                    frozenset({target}) if target else None,
-                    expr.pos,
-                )
-            return Condition(lambda e: (e.get(name) or "") != target, None, expr.pos)
-        if target is None:
-            # Comparing with a null literal: KQL yields null for every row.
-            return Condition(lambda e: None, frozenset(), expr.pos)
-        return Condition(_ordered_test(name, op, target), None, expr.pos)
+                raise _error(f"ordering comparison {op!r} on string column {left.name!r} is not supported", expr.pos)
+            row, negated = STRING_OPERATORS[op]
+            return conditions.string_condition(row, negated, left.name, right.value, expr.pos)
+        return conditions.ordered_condition(left.name, op, right.value, expr.pos)
 
     def between(self, expr: Between) -> Condition:
         column = self.value(expr.expr)
@@ -472,16 +274,7 @@ class _Compiler:
             high = Const("datetime", low.value + high.value, high.pos)
         _check_comparable(column, low, "between", expr.pos)
         _check_comparable(column, high, "between", expr.pos)
-        name, lo, hi, negated = column.name, low.value, high.value, expr.negated
-
-        def evaluate(event: Event) -> bool | None:
-            value = event.get(name)
-            if value is None:
-                return None
-            inside = lo <= value <= hi
-            return not inside if negated else inside
-
-        return Condition(evaluate, None, expr.pos)
+        return conditions.between_condition(column.name, low.value, high.value, expr.negated, expr.pos)
 
     def list_operator(self, expr: ListOp) -> Condition:
         column = self.value(expr.expr)
@@ -493,100 +286,13 @@ class _Compiler:
             items.extend(value.items if isinstance(value, ConstList) else (value,))
         for const in items:
             _check_comparable(column, const, expr.op, const.pos)
-        name, op = column.name, expr.op
+        row = LIST_OPERATORS[expr.op]
         text = column.type in _TEXT
-        values = [i.value for i in items]
-        if op in ("has_any", "has_all"):
-            if not text or any(i.type != "string" for i in items):
-                raise _error(f"{op!r} needs a string column and string items", expr.pos)
-            needles = [strings.TermNeedle(v, case_sensitive=False) for v in values]
-            quantifier = any if op == "has_any" else all
-
-            def has_list(event: Event) -> bool:
-                value = event.get(name) or ""
-                return quantifier(n.found_in(value) for n in needles)
-
-            if op == "has_any":
-                required = frozenset(values) if values and all(values) else None
-                if not values:
-                    required = frozenset()
-            else:
-                nonempty = [v for v in values if v]
-                required = frozenset({max(nonempty, key=len)}) if nonempty else None
-            return Condition(has_list, required, expr.pos)
-        negated = op.startswith("!")
-        folded = op.endswith("~")
-        if folded:
-            if not text:
-                raise _error(f"{op!r} needs a string column", expr.pos)
-            members = frozenset(strings.fold(v) for v in values)
-
-            def member(event: Event) -> bool:
-                return strings.fold(event.get(name) or "") in members
-
-        elif text:
-            members = frozenset(values)
-
-            def member(event: Event) -> bool:
-                return (event.get(name) or "") in members
-
-        else:
-            members = frozenset(v for v in values if v is not None)
-
-            def member(event: Event) -> bool:
-                value = event.get(name)
-                return value is not None and value in members
-
-        if negated:
-            return Condition(lambda e: not member(e), None, expr.pos)
-        required = frozenset(values) if text and values and all(values) else None
-        if not values:
-            required = frozenset()
-        return Condition(member, required, expr.pos)
-
-
-def _string_test(op: str, needle: str) -> Callable[[str], bool]:
-    if op in ("has", "has_cs"):
-        return strings.TermNeedle(needle, case_sensitive=op == "has_cs").found_in
-    if op == "contains":
-        folded = strings.fold(needle)
-        return lambda s: folded in strings.fold(s)
-    if op == "contains_cs":
-        return lambda s: needle in s
-    if op == "startswith":
-        folded = strings.fold(needle)
-        return lambda s: strings.fold(s).startswith(folded)
-    if op == "startswith_cs":
-        return lambda s: s.startswith(needle)
-    if op == "endswith":
-        folded = strings.fold(needle)
-        return lambda s: strings.fold(s).endswith(folded)
-    if op == "endswith_cs":
-        return lambda s: s.endswith(needle)
-    if op == "=~":
-        folded = strings.fold(needle)
-        return lambda s: strings.fold(s) == folded
-    raise AssertionError(op)
-
-
-def _ordered_test(name: str, op: str, target: Any) -> Predicate:
-    def evaluate(event: Event) -> bool | None:
-        value = event.get(name)
-        if op == "==":
-            return value is not None and value == target
-        if op == "!=":
-            return value is None or value != target
-        if value is None:
-            return None
-        if op == "<":
-            return bool(value < target)
-        if op == "<=":
-            return bool(value <= target)
-        if op == ">":
-            return bool(value > target)
-        return bool(value >= target)
-
-    return evaluate
+        if not row.is_membership and (not text or any(i.type != "string" for i in items)):
+            raise _error(f"{expr.op!r} needs a string column and string items", expr.pos)
+        if not row.item.case_sensitive and not text:
+            raise _error(f"{expr.op!r} needs a string column", expr.pos)
+        return conditions.list_condition(row, column.name, text, [i.value for i in items], expr.pos)
 
 
 def _check_comparable(column: Column, const: Const, op: str, pos: Pos) -> None:
@@ -605,33 +311,18 @@ def _check_comparable(column: Column, const: Const, op: str, pos: Pos) -> None:
         raise _error(f"cannot compare {column.type} column {column.name!r} with a {const.type} using {op!r}", pos)
 
 
-def _required_and(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
-    """Both sides must hold: either side's requirement is sound; keep the more selective."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    if not a or not b:
-        return frozenset()
-    return a if min(map(len, a)) >= min(map(len, b)) else b
-
-
-def _required_or(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
-    """One side must hold: only the union of two requirements is sound."""
-    if a is None or b is None:
-        return None
-    return a | b
-
-
 # -- the entry points ------------------------------------------------------------------
 
 
 def _conjuncts(expr: Expr) -> Iterable[Expr]:
-    if isinstance(expr, Binary) and expr.op == "and":
-        yield from _conjuncts(expr.left)
-        yield from _conjuncts(expr.right)
-    else:
-        yield expr
+    """The terms of a top-level ``and``, nested ``and``s (parenthesised) flattened, in order."""
+    pending = [expr]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, Logical) and node.op == "and":
+            pending.extend(reversed(node.terms))
+        else:
+            yield node
 
 
 def _uses_now(value: Const | ConstList) -> bool:
@@ -676,7 +367,7 @@ class _WindowBuilder:
             left, right, op = expr.left, expr.right, expr.op
             if not _is_timestamp(left) and _is_timestamp(right):
                 left, right = right, left
-                op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(op, op)
+                op = SWAPPED_COMPARISONS[op]
             if not _is_timestamp(left):
                 return False
             limit = compiler.constant(right, f"the right side of {op!r}")
@@ -725,7 +416,7 @@ def _compile(query: Query, text: str) -> CompiledQuery:
         scope.lets[let.name] = compiler.constant(let.value, f"let {let.name}")
 
     window = _WindowBuilder()
-    conditions: list[Condition] = []
+    compiled: list[Condition] = []
     condition_texts: list[str] = []
     summarize: Summarize | None = None
     for index, operator in enumerate(query.operators):
@@ -735,7 +426,7 @@ def _compile(query: Query, text: str) -> CompiledQuery:
             for conjunct in _conjuncts(operator.predicate):
                 if window.take(compiler, conjunct):
                     continue
-                conditions.append(compiler.condition(conjunct))
+                compiled.append(compiler.condition(conjunct))
                 condition_texts.append(unparse(conjunct))
         elif isinstance(operator, Extend):
             for assignment in operator.assignments:
@@ -760,7 +451,7 @@ def _compile(query: Query, text: str) -> CompiledQuery:
         resolved = scope.resolve(column)
         if isinstance(resolved, Column):
             group_by_types.append(resolved.type)
-        elif isinstance(resolved, Const) and resolved.type in ("string", "long", "real", "bool"):
+        elif isinstance(resolved, Const) and resolved.type in _SCALAR_CONSTANT:
             group_by_types.append(cast("KqlType", resolved.type))
         else:
             raise _error(f"cannot group by {column.name!r}", column.pos)
@@ -774,10 +465,7 @@ def _compile(query: Query, text: str) -> CompiledQuery:
             raise _error(f"duplicate output column {agg.name!r}", node.pos)
         names.append(agg.name)
 
-    required: frozenset[str] | None = None
-    for condition in conditions:
-        required = _required_and(required, condition.required)
-    evaluate = _all_of([c.evaluate for c in conditions])
+    where = conditions.all_of(compiled, table.pos)
     used = set(scope.used) | {"Timestamp"}
     return CompiledQuery(
         text=text,
@@ -787,14 +475,14 @@ def _compile(query: Query, text: str) -> CompiledQuery:
         columns=frozenset(used),
         condition_columns=condition_columns,
         window=window.window(),
-        conditions=tuple(conditions),
+        conditions=tuple(compiled),
         condition_texts=tuple(condition_texts),
-        required=required,
+        required=where.required,
         group_by=tuple(group_by),
         group_by_types=tuple(group_by_types),
         constants=_constants(scope),
         aggregates=aggregates,
-        _evaluate=evaluate,
+        _evaluate=where.evaluate,
     )
 
 
@@ -803,29 +491,10 @@ def _constants(scope: _Scope) -> dict[str, Any]:
     out: dict[str, Any] = {
         name: value.value
         for name, value in scope.lets.items()
-        if isinstance(value, Const) and value.type in ("string", "long", "real", "bool")
+        if isinstance(value, Const) and value.type in _SCALAR_CONSTANT
     }
     out.update((name, value.value) for name, value in scope.constants.items())
     return out
-
-
-def _all_of(predicates: Sequence[Predicate]) -> Predicate:
-    if not predicates:
-        return lambda e: True
-    if len(predicates) == 1:
-        return predicates[0]
-
-    def evaluate(event: Event) -> bool | None:
-        result: bool | None = True
-        for predicate in predicates:
-            value = predicate(event)
-            if value is False:
-                return False
-            if value is None:
-                result = None
-        return result
-
-    return evaluate
 
 
 _AGGREGATE_PREFIX = {"min": "min", "max": "max", "make_set": "set", "dcount": "dcount"}
@@ -855,7 +524,7 @@ def _aggregate(compiler: _Compiler, scope: _Scope, node: Aggregate) -> Aggregate
         target = scope.resolve(args[0])
         if isinstance(target, Column):
             column_type: KqlType = target.type
-        elif isinstance(target, Const) and target.type in ("string", "long", "real", "bool"):
+        elif isinstance(target, Const) and target.type in _SCALAR_CONSTANT:
             column_type = cast("KqlType", target.type)
         else:
             raise _error(f"{func}() needs a column", args[0].pos)
@@ -918,14 +587,3 @@ def _shift(exc: KqlError) -> KqlError:
     offset = len("T | where ")
     column = exc.column - offset if exc.line == 1 else exc.column
     return KqlError(exc.message, exc.line, max(column, 1))
-
-
-def render_value(value: Any, kql_type: KqlType | None) -> Any:
-    """A JSON-ready rendering of a KQL value (datetimes as KQL text)."""
-    if value is None:
-        return None
-    if kql_type == "datetime":
-        return format_datetime(value)
-    if kql_type == "timespan":
-        return timespan_literal(value)
-    return value

@@ -4,6 +4,10 @@ The subset: ``let`` bindings, ``//`` comments, one table, ``| where``, ``| exten
 constants and a final ``| summarize``. Anything else is refused with a :class:`KqlError`
 naming the construct and where it is, never skipped: a rule that silently means
 something else than its text is worse than a rule that does not load.
+
+Operators come from the table in :mod:`rmmwatch.kql.operators`. ``and``/``or`` chains are
+read by loops into flat :class:`Logical` nodes (packs of RMM tools ``or`` hundreds of
+names); nesting is what recurses, and it is bounded by :data:`MAX_NESTING`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 
 from rmmwatch.kql.datetimes import TIMESPAN_UNITS, DatetimeError, parse_datetime, timespan_ticks
 from rmmwatch.kql.errors import KqlError
+from rmmwatch.kql.operators import COMPARISON_OPERATORS, LIST_OPERATORS, STRING_OPERATORS, UNSUPPORTED_OPERATORS
 from rmmwatch.kql.syntax import (
     Aggregate,
     ArrayLiteral,
@@ -24,6 +29,7 @@ from rmmwatch.kql.syntax import (
     Let,
     ListOp,
     Literal,
+    Logical,
     Name,
     Negate,
     Operator,
@@ -33,55 +39,12 @@ from rmmwatch.kql.syntax import (
     Where,
 )
 
-#: Binary string operators (and their negations) that take one right-hand value.
-STRING_OPERATORS = frozenset(
-    {
-        "has",
-        "!has",
-        "has_cs",
-        "!has_cs",
-        "contains",
-        "!contains",
-        "contains_cs",
-        "!contains_cs",
-        "startswith",
-        "!startswith",
-        "startswith_cs",
-        "!startswith_cs",
-        "endswith",
-        "!endswith",
-        "endswith_cs",
-        "!endswith_cs",
-        "=~",
-        "!~",
-    }
-)
-COMPARISON_OPERATORS = frozenset({"==", "!=", "<", "<=", ">", ">="})
-LIST_OPERATORS = frozenset({"in", "!in", "in~", "!in~", "has_any", "has_all"})
+#: How deeply groups may nest: parentheses, argument lists, dynamic arrays and unary minus
+#: each open a level. The parser and the compiler recurse once per level, so a deeper query
+#: is refused at the construct that passes the limit instead of exhausting Python's stack;
+#: a long ``and``/``or`` chain is not nesting (it is parsed and compiled by loops).
+MAX_NESTING = 100
 
-#: Operators KQL has and this subset refuses, so the error can name them precisely.
-_KNOWN_UNSUPPORTED_OPERATORS = frozenset(
-    {
-        "hasprefix",
-        "!hasprefix",
-        "hasprefix_cs",
-        "!hasprefix_cs",
-        "hassuffix",
-        "!hassuffix",
-        "hassuffix_cs",
-        "!hassuffix_cs",
-        "matches",
-        "like",
-        "notlike",
-        "has_any_cs",
-        "has_all_cs",
-        "!has_any",
-        "!has_all",
-        "in_cs",
-        "contains_any",
-        "!contains_any",
-    }
-)
 _TABULAR_OPERATORS = frozenset(
     {
         "project",
@@ -385,6 +348,7 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = tokenize(text)
         self.index = 0
+        self.depth = 0  # nesting levels open now (see MAX_NESTING)
 
     # -- token helpers -------------------------------------------------------------
     @property
@@ -522,8 +486,17 @@ class _Parser:
         return Aggregate(name, func.text, args, func.pos)
 
     # -- expressions -------------------------------------------------------------------
+    def open_level(self, token: Token) -> None:
+        """Enter one nesting level at ``token``: past :data:`MAX_NESTING`, refuse the query there."""
+        if self.depth >= MAX_NESTING:
+            raise self.error(
+                f"nesting deeper than {MAX_NESTING} levels (parentheses, calls, dynamic arrays, unary minus)",
+                token.pos,
+            )
+        self.depth += 1
+
     def arguments(self) -> tuple[Expr, ...]:
-        self.expect("(", "to open the argument list")
+        self.open_level(self.expect("(", "to open the argument list"))
         args: list[Expr] = []
         if not self.at(")"):
             while True:
@@ -531,21 +504,27 @@ class _Parser:
                 if not self.accept(","):
                     break
         self.expect(")", "to close the argument list")
+        self.depth -= 1
         return tuple(args)
 
     def expression(self) -> Expr:
-        left = self.conjunction()
-        while self.at("or"):
-            pos = self.next().pos
-            left = Binary("or", left, self.conjunction(), pos)
-        return left
+        """``a or b and c ...``: ``or`` over ``and`` over predicates, each chain read by a loop.
 
-    def conjunction(self) -> Expr:
-        left = self.predicate()
-        while self.at("and"):
-            pos = self.next().pos
-            left = Binary("and", left, self.predicate(), pos)
-        return left
+        Both levels are one method so that a nesting level costs few Python frames.
+        """
+        disjuncts: list[Expr] = []
+        or_pos = self.current.pos
+        while True:
+            conjuncts = [self.predicate()]
+            and_pos = self.current.pos
+            while self.accept("and"):
+                conjuncts.append(self.predicate())
+            disjuncts.append(_chain("and", conjuncts, and_pos))
+            if not self.at("or"):
+                return _chain("or", disjuncts, or_pos)
+            if len(disjuncts) == 1:
+                or_pos = self.current.pos
+            self.next()
 
     def predicate(self) -> Expr:
         left = self.additive()
@@ -570,7 +549,7 @@ class _Parser:
         if op in LIST_OPERATORS:
             self.next()
             return ListOp(op, left, self.arguments(), token.pos)
-        if op in _KNOWN_UNSUPPORTED_OPERATORS:
+        if op in UNSUPPORTED_OPERATORS:
             raise self.error(f"unsupported operator {op!r}", token.pos)
         return left
 
@@ -584,10 +563,17 @@ class _Parser:
         return left
 
     def unary(self) -> Expr:
-        if self.at("-"):
-            pos = self.next().pos
-            return Negate(self.unary(), pos)
-        return self.primary()
+        """Unary minus signs, each a nesting level (read by a loop), then a primary."""
+        signs: list[Pos] = []
+        while self.at("-"):
+            token = self.next()
+            self.open_level(token)
+            signs.append(token.pos)
+        expr = self.primary()
+        self.depth -= len(signs)
+        for pos in reversed(signs):
+            expr = Negate(expr, pos)
+        return expr
 
     def primary(self) -> Expr:
         token = self.current
@@ -604,16 +590,17 @@ class _Parser:
             self.next()
             return Literal(token.value, "datetime", token.pos)
         if token.kind == "op" and token.text == "(":
-            self.next()
+            self.open_level(self.next())
             inner = self.expression()
             self.expect(")", "to close the parenthesis")
+            self.depth -= 1
             return inner
         if token.kind == "ident":
             self.next()
             if token.text in ("true", "false"):
                 return Literal(token.text == "true", "bool", token.pos)
             if token.text == "dynamic" and self.at("("):
-                return self.dynamic(token.pos)
+                return self.dynamic(token)
             if self.at("("):
                 args = self.arguments()
                 if token.text == "pack_array":
@@ -624,11 +611,13 @@ class _Parser:
             raise self.error("unsupported bracketed identifier ['...']")
         raise self.error(f"expected a value, found {self.describe(token)}")
 
-    def dynamic(self, pos: Pos) -> Expr:
+    def dynamic(self, keyword: Token) -> Expr:
+        self.open_level(keyword)
         self.expect("(", "after 'dynamic'")
         if self.accept("null"):
             self.expect(")", "to close dynamic(null)")
-            return Literal(None, "null", pos)
+            self.depth -= 1
+            return Literal(None, "null", keyword.pos)
         self.expect("[", "in dynamic(...): rmmwatch supports dynamic arrays of literals only")
         items: list[Expr] = []
         if not self.at("]"):
@@ -638,7 +627,13 @@ class _Parser:
                     break
         self.expect("]", "to close the dynamic array")
         self.expect(")", "to close dynamic(...)")
-        return ArrayLiteral(tuple(items), pos)
+        self.depth -= 1
+        return ArrayLiteral(tuple(items), keyword.pos)
+
+
+def _chain(op: str, terms: list[Expr], pos: Pos) -> Expr:
+    """One flat ``and``/``or`` node at its first operator (a single term is itself)."""
+    return terms[0] if len(terms) == 1 else Logical(op, tuple(terms), pos)
 
 
 def parse(text: str) -> Query:

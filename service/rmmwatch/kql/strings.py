@@ -1,4 +1,7 @@
-"""KQL string operators with their exact semantics.
+"""The text rules under KQL's string operators: simple case folding and terms.
+
+The operators themselves (``has``, ``contains``, ``=~``, ...) are rows of the table in
+:mod:`rmmwatch.kql.operators`, built from the two rules here.
 
 Case-insensitive operators compare *simple-case-folded* text: each character is mapped
 to its one-character lowercase form (Unicode simple case mapping, as .NET and RE2 do).
@@ -8,12 +11,14 @@ characters) instead of ``"i"``, and a word-final capital sigma becomes the final
 :func:`fold` fixes both, so folding is per character, never changes a string's length, and
 term boundaries computed on folded text are the boundaries of the original.
 
-``has`` is a *term* match (learn.microsoft.com/kusto/query/datatypes-string-operators).
-A term is a maximal run of Unicode letters and digits (``\\pL\\pN``); every other
-character, ``_`` included, delimits terms. The boundary rule at the edges of the right
-side was measured against the Kusto emulator by duckdb-kql's differential sweep: a
-boundary is required at an end of the needle only where that end is a term character;
-a needle made only of delimiters is a plain substring test, and ``has ""`` is true.
+``has``, ``hasprefix`` and ``hassuffix`` are *term* matches
+(learn.microsoft.com/kusto/query/datatypes-string-operators). A term is a maximal run of
+Unicode letters and digits (``\\pL\\pN``); every other character, ``_`` included, delimits
+terms. ``has`` needs a term boundary at both ends of the right side, ``hasprefix`` at its
+start only, ``hassuffix`` at its end only. The boundary rule at an edge was measured
+against the Kusto emulator by duckdb-kql's differential sweep: a boundary is required at
+an end of the needle only where that end is a term character; a needle made only of
+delimiters is a plain substring test, and ``has ""`` is true.
 """
 
 from __future__ import annotations
@@ -53,18 +58,23 @@ def is_term_char(char: str) -> bool:
 
 
 class TermNeedle:
-    """A prepared right side of ``has``/``has_cs``: folded once, edges classified once."""
+    """A prepared right side of a term operator: folded once, edges classified once.
+
+    ``start``/``end``: whether the operator needs a term boundary before/after the needle
+    (``has`` both, ``hasprefix`` the start, ``hassuffix`` the end); an edge needs one only
+    where the needle's own character there is a term character.
+    """
 
     __slots__ = ("case_sensitive", "lead", "text", "trail")
 
-    def __init__(self, needle: str, *, case_sensitive: bool) -> None:
+    def __init__(self, needle: str, *, case_sensitive: bool, start: bool = True, end: bool = True) -> None:
         self.case_sensitive = case_sensitive
         self.text = needle if case_sensitive else fold(needle)
-        self.lead = bool(self.text) and is_term_char(self.text[0])
-        self.trail = bool(self.text) and is_term_char(self.text[-1])
+        self.lead = start and bool(self.text) and is_term_char(self.text[0])
+        self.trail = end and bool(self.text) and is_term_char(self.text[-1])
 
     def found_in(self, haystack: str) -> bool:
-        """``haystack has needle`` (or ``has_cs``)."""
+        """Whether the needle occurs in ``haystack`` with the boundaries its operator needs."""
         needle = self.text
         if not needle:
             return True
@@ -81,36 +91,6 @@ class TermNeedle:
                 return True
             start = haystack.find(needle, start + 1)
         return False
-
-
-def has(haystack: str, needle: str) -> bool:
-    """KQL ``haystack has needle`` (case-insensitive term match)."""
-    return TermNeedle(needle, case_sensitive=False).found_in(haystack)
-
-
-def has_cs(haystack: str, needle: str) -> bool:
-    """KQL ``haystack has_cs needle`` (case-sensitive term match)."""
-    return TermNeedle(needle, case_sensitive=True).found_in(haystack)
-
-
-def contains(haystack: str, needle: str) -> bool:
-    """KQL ``contains``: case-insensitive substring."""
-    return fold(needle) in fold(haystack)
-
-
-def startswith(haystack: str, needle: str) -> bool:
-    """KQL ``startswith``: case-insensitive prefix (not term-based)."""
-    return fold(haystack).startswith(fold(needle))
-
-
-def endswith(haystack: str, needle: str) -> bool:
-    """KQL ``endswith``: case-insensitive suffix (not term-based)."""
-    return fold(haystack).endswith(fold(needle))
-
-
-def equals_ci(left: str, right: str) -> bool:
-    """KQL ``=~``."""
-    return fold(left) == fold(right)
 
 
 def terms(text: str) -> Iterable[str]:

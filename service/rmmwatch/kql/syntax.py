@@ -1,7 +1,8 @@
 """The syntax tree of the KQL subset rmmwatch runs.
 
-Every node carries the 1-based line and column where it starts, so that the compiler can
-say exactly which construct it refuses.
+Every node carries a 1-based line and column (where it starts, or its operator), so that
+the compiler can say exactly which construct it refuses. ``and``/``or`` chains are one flat
+:class:`Logical` node however many terms they have, so nothing walks them recursively.
 """
 
 from __future__ import annotations
@@ -48,11 +49,20 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class Binary:
-    """A binary operator: ``and``, ``or``, comparisons, string operators, ``+``/``-``."""
+    """A binary operator: comparisons, string operators, ``+``/``-`` (a chain nests to the left)."""
 
     op: str
     left: Expr
     right: Expr
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Logical:
+    """``a and b and ...`` or ``a or b or ...``: the terms of one chain, at its first operator."""
+
+    op: str
+    terms: tuple[Expr, ...]
     pos: Pos
 
 
@@ -93,7 +103,7 @@ class ArrayLiteral:
     pos: Pos
 
 
-Expr: TypeAlias = Literal | Name | Call | Binary | Between | ListOp | Negate | ArrayLiteral
+Expr: TypeAlias = Literal | Name | Call | Binary | Logical | Between | ListOp | Negate | ArrayLiteral
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +179,16 @@ def unparse(expr: Expr) -> str:
         return expr.name
     if isinstance(expr, Call):
         return f"{expr.name}({', '.join(unparse(a) for a in expr.args)})"
+    if isinstance(expr, Logical):
+        return "(" + f" {expr.op} ".join(unparse(term) for term in expr.terms) + ")"
     if isinstance(expr, Binary):
-        if expr.op in ("and", "or"):
-            return f"({unparse(expr.left)} {expr.op} {unparse(expr.right)})"
-        return f"{unparse(expr.left)} {expr.op} {unparse(expr.right)}"
+        # Walk a left-nested chain (a + b - c) down its spine: no recursion per link.
+        rights: list[str] = []
+        node: Expr = expr
+        while isinstance(node, Binary):
+            rights.append(f" {node.op} {unparse(node.right)}")
+            node = node.left
+        return unparse(node) + "".join(reversed(rights))
     if isinstance(expr, Between):
         op = "!between" if expr.negated else "between"
         return f"{unparse(expr.expr)} {op} ({unparse(expr.low)} .. {unparse(expr.high)})"
