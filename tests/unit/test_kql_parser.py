@@ -523,7 +523,10 @@ REFUSED = [
     ),
     _refused(f"let FileName = 5;\n{TABLE}" + BY, "let 'FileName' shadows a column", "let", name="let shadows a column"),
     _refused(
-        "DeviceNetworkEvents" + BY, "unsupported table 'DeviceNetworkEvents'", "DeviceNetworkEvents", name="other table"
+        "DeviceRegistryEvents" + BY,
+        "unsupported table 'DeviceRegistryEvents'",
+        "DeviceRegistryEvents",
+        name="other table",
     ),
     _refused("| where x", "expected a table name, found '|'", "|", name="no table"),
     _refused(f"{TABLE}{BY};;", "unexpected ';' after the query", ";", 2, name="trailing garbage"),

@@ -1,7 +1,9 @@
 """Column types of the Advanced Hunting tables rmmwatch can run rules over.
 
-Source: learn.microsoft.com/defender-xdr/advanced-hunting-deviceprocessevents-table,
-plus ``MachineGroup``, which the streaming API adds. Defender keeps adding columns:
+Sources: learn.microsoft.com/defender-xdr/advanced-hunting-deviceprocessevents-table,
+advanced-hunting-devicenetworkevents-table and advanced-hunting-devicefilecertificateinfo-table
+(KQL ``int`` columns are ``long`` here: one integer type is enough for comparisons and rendering),
+plus ``MachineGroup``, which the streaming API adds to every table. Defender keeps adding columns:
 decoding ignores unknown keys, and a rule may only use the columns listed here (a typo
 in a rule is an error at load time, not a rule that silently never matches).
 """
@@ -86,9 +88,82 @@ DEVICE_PROCESS_EVENTS: dict[str, KqlType] = {
     "MachineGroup": "string",
 }
 
+DEVICE_NETWORK_EVENTS: dict[str, KqlType] = {
+    "Timestamp": "datetime",
+    "DeviceId": "string",
+    "DeviceName": "string",
+    "ActionType": "string",
+    "RemoteIP": "string",
+    "RemotePort": "long",
+    "RemoteUrl": "string",
+    "LocalIP": "string",
+    "LocalPort": "long",
+    "Protocol": "string",
+    "LocalIPType": "string",
+    "RemoteIPType": "string",
+    "InitiatingProcessSHA1": "string",
+    "InitiatingProcessSHA256": "string",
+    "InitiatingProcessMD5": "string",
+    "InitiatingProcessFileName": "string",
+    "InitiatingProcessFileSize": "long",
+    "InitiatingProcessVersionInfoCompanyName": "string",
+    "InitiatingProcessVersionInfoProductName": "string",
+    "InitiatingProcessVersionInfoProductVersion": "string",
+    "InitiatingProcessVersionInfoInternalFileName": "string",
+    "InitiatingProcessVersionInfoOriginalFileName": "string",
+    "InitiatingProcessVersionInfoFileDescription": "string",
+    "InitiatingProcessId": "long",
+    "InitiatingProcessCommandLine": "string",
+    "InitiatingProcessCreationTime": "datetime",
+    "InitiatingProcessFolderPath": "string",
+    "InitiatingProcessParentFileName": "string",
+    "InitiatingProcessParentId": "long",
+    "InitiatingProcessParentCreationTime": "datetime",
+    "InitiatingProcessAccountDomain": "string",
+    "InitiatingProcessAccountName": "string",
+    "InitiatingProcessAccountSid": "string",
+    "InitiatingProcessAccountUpn": "string",
+    "InitiatingProcessAccountObjectId": "string",
+    "InitiatingProcessIntegrityLevel": "string",
+    "InitiatingProcessTokenElevation": "string",
+    "ReportId": "long",
+    "AppGuardContainerId": "string",
+    "AdditionalFields": "dynamic",
+    "InitiatingProcessSessionId": "long",
+    "IsInitiatingProcessRemoteSession": "bool",
+    "InitiatingProcessRemoteSessionDeviceName": "string",
+    "InitiatingProcessRemoteSessionIP": "string",
+    "InitiatingProcessUniqueId": "string",
+    "MachineGroup": "string",
+}
+
+DEVICE_FILE_CERTIFICATE_INFO: dict[str, KqlType] = {
+    "Timestamp": "datetime",
+    "DeviceId": "string",
+    "DeviceName": "string",
+    "SHA1": "string",
+    "IsSigned": "bool",
+    "SignatureType": "string",
+    "Signer": "string",
+    "SignerHash": "string",
+    "Issuer": "string",
+    "IssuerHash": "string",
+    "CertificateSerialNumber": "string",
+    "CrlDistributionPointUrls": "string",
+    "CertificateCreationTime": "datetime",
+    "CertificateExpirationTime": "datetime",
+    "CertificateCountersignatureTime": "datetime",
+    "IsTrusted": "bool",
+    "IsRootSignerMicrosoft": "bool",
+    "ReportId": "long",
+    "MachineGroup": "string",
+}
+
 #: Advanced Hunting table name -> (streaming API ``category``, columns).
 TABLES: dict[str, tuple[str, dict[str, KqlType]]] = {
     "DeviceProcessEvents": ("AdvancedHunting-DeviceProcessEvents", DEVICE_PROCESS_EVENTS),
+    "DeviceNetworkEvents": ("AdvancedHunting-DeviceNetworkEvents", DEVICE_NETWORK_EVENTS),
+    "DeviceFileCertificateInfo": ("AdvancedHunting-DeviceFileCertificateInfo", DEVICE_FILE_CERTIFICATE_INFO),
 }
 
 #: Event identity in this product (docs/semantics.md §3): ReportId is a repeating counter,
