@@ -150,6 +150,7 @@ async def _hunt(args: argparse.Namespace) -> int:
 
 async def _state(args: argparse.Namespace) -> int:
     from rmmwatch.stores import open_store  # noqa: PLC0415
+    from rmmwatch.stores.base import StoreRefused  # noqa: PLC0415
 
     rules = load_rules(args.rule or None)
     now = _now_ticks(args.now)
@@ -162,7 +163,10 @@ async def _state(args: argparse.Namespace) -> int:
 
     redis_config = RunConfig.from_values(resolve(argparse.Namespace()))
     store = open_store(url, rules, read_only=True, redis=redis_config.redis_options())
-    await store.open()
+    try:
+        await store.open()
+    except StoreRefused as exc:  # a corrupt store or refused credentials: the reason, never partial rows
+        return _error(str(exc), EXIT_FAILURE)
     try:
         several = len(rules) > 1
         rows: list[dict[str, Any]] = []
@@ -171,6 +175,8 @@ async def _state(args: argparse.Namespace) -> int:
         if args.pending:
             pending = await store.pending_alerts(1_000_000)
             print(f"rmmwatch: {len(pending)} alert(s) waiting for delivery", file=sys.stderr)
+    except StoreRefused as exc:
+        return _error(str(exc), EXIT_FAILURE)
     finally:
         await store.close()
     print_rows(rows, _columns(rules), args.format, sys.stdout)
@@ -187,7 +193,7 @@ async def _run(config: RunConfig) -> int:
     from rmmwatch.sinks import open_dead_letters, open_sinks  # noqa: PLC0415
     from rmmwatch.sources import open_source  # noqa: PLC0415
     from rmmwatch.stores import open_store  # noqa: PLC0415
-    from rmmwatch.stores.base import StoreLocked  # noqa: PLC0415
+    from rmmwatch.stores.base import StoreRefused  # noqa: PLC0415
 
     rules = load_rules(config.rule or None, exclusions=not config.no_exclusions)
     metrics = Metrics()
@@ -212,7 +218,7 @@ async def _run(config: RunConfig) -> int:
         raise ConfigError(str(exc)) from None
     try:
         return await app.run()
-    except StoreLocked as exc:
+    except StoreRefused as exc:  # locked, corrupt, wrong credentials or TLS: retrying would not help
         return _error(str(exc), EXIT_FAILURE)
 
 
