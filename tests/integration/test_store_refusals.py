@@ -1,0 +1,225 @@
+"""Stores that cannot be used, and disks that fill up, through ``rmmwatch run`` and ``rmmwatch state``.
+
+* A damaged or lost sqlite store stops ``run`` and ``state`` at once: exit 1, the file and what
+  to do, no traceback, never the rows that could be read.
+* A full disk loses nothing: the store write fails with SQLite's own reason (not "cannot
+  rollback - no transaction is active"), is retried, and the run completes once space is
+  freed with the state equal to ``hunt``; a file source's checkpoint on a full disk is a failed
+  commit, retried with backoff, never an ``OSError`` traceback. The disk is a real, small
+  tmpfs mounted for the test (the tests run as root, as CI does) and unmounted after it.
+* A Redis store that refuses our password or TLS stops the detector (exit 1) naming the store,
+  not the password; ``--redis-ca-file`` with a ``redis://`` URL is a configuration error (exit 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from rmmwatch.kql.datetimes import format_datetime
+from tests.helpers import envelope, row
+from tests.integration.conftest import RMMWATCH, DetectorFactory, wait_until
+from tests.unit.test_store_sqlite import _made_store, _pages_of, _scribble
+
+
+def _cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*RMMWATCH, *args], capture_output=True, timeout=timeout_s, check=False)
+
+
+def _text(result: subprocess.CompletedProcess[bytes]) -> str:
+    return result.stderr.decode(errors="replace")
+
+
+# -- a damaged or lost sqlite store -------------------------------------------------------------
+
+
+@pytest.fixture
+def made_store(tmp_path: Path) -> Path:
+    """A data directory holding a sqlite store with 300 open episodes."""
+    data_dir = tmp_path / "state"
+    data_dir.mkdir()
+    asyncio.run(_made_store(data_dir / "rmmwatch.db"))
+    return data_dir
+
+
+def _damage(data_dir: Path, how: str) -> None:
+    db = data_dir / "rmmwatch.db"
+    if how == "garbage in the middle":
+        pages = _pages_of(db)
+        _scribble(db, pages[len(pages) // 2 : len(pages) // 2 + 4])
+    elif how == "damaged header":
+        with open(db, "r+b") as handle:
+            handle.write(b"\x00garbage where the SQLite header was\x00" * 2)
+    elif how == "0 bytes":
+        db.write_bytes(b"")
+    else:
+        raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["garbage in the middle", "damaged header", "0 bytes"])
+def test_state_on_a_damaged_store_exits_1_with_the_reason_and_no_rows(made_store: Path, how: str) -> None:
+    """``rmmwatch state`` refuses a damaged store: exit 1, the file and the way out, no rows printed."""
+    _damage(made_store, how)
+    result = _cli("state", "--data-dir", str(made_store), "--format", "json", "--pending")
+    stderr = _text(result)
+    assert result.returncode == 1, stderr[-3000:]
+    assert result.stdout == b"", "no partial answer"
+    assert str(made_store / "rmmwatch.db") in stderr and "backup" in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("how", ["garbage in the middle", "damaged header", "0 bytes"])
+def test_run_on_a_damaged_store_stops_at_start(tmp_path: Path, made_store: Path, how: str) -> None:
+    """``rmmwatch run`` refuses a damaged store at start: exit 1 (not retried forever), the reason, no traceback."""
+    _damage(made_store, how)
+    data = tmp_path / "in.ndjson"
+    data.write_bytes(envelope(row(ticks=time.time_ns() // 100)) + b"\n")
+    result = _cli(
+        "run",
+        "--source",
+        f"file:{data}",
+        "--data-dir",
+        str(made_store),
+        "--sink",
+        f"jsonl:{tmp_path / 'alerts.jsonl'}",
+        "--metrics-port",
+        "-1",
+        timeout_s=60,
+    )
+    stderr = _text(result)
+    assert result.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr and "store_unavailable" not in stderr
+    assert str(made_store / "rmmwatch.db") in stderr
+    assert ("corrupt" in stderr) if how != "0 bytes" else ("rmmwatch.db.created" in stderr)
+    assert not (tmp_path / "alerts.jsonl").exists() or not (tmp_path / "alerts.jsonl").read_bytes()
+
+
+# -- a full disk ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs mounted at a fresh directory, unmounted after the test."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.fail(f"cannot mount a small tmpfs (the disk-full tests need root): {mounted.stderr!r}", pytrace=False)
+    try:
+        yield mount_point
+    finally:
+        if subprocess.run(["umount", str(mount_point)], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
+
+
+def _fill(directory: Path) -> Path:
+    """A file taking every free byte of ``directory``'s filesystem."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        for size in (65536, 512, 1):
+            while True:
+                try:
+                    handle.write(b"\0" * size)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    return filler
+
+
+def _launches(count: int, first: int) -> bytes:
+    """``count`` NetSupport launches on distinct devices (one new alert each), now, with long command lines."""
+    now = time.time_ns() // 100
+    return b"".join(
+        envelope(row(device=f"full-{first + i}", ticks=now, command="x" * 1500)) + b"\n" for i in range(count)
+    )
+
+
+def test_a_full_disk_under_the_sqlite_store_loses_nothing_and_says_why(
+    tmp_path: Path, small_disk: Path, detectors: DetectorFactory
+) -> None:
+    """The store's disk fills while running: the apply fails with SQLite's reason ("database or disk
+    is full"), never "cannot rollback"; it is retried, and once space is freed every alert is
+    delivered and the state equals hunt's answer."""
+    data = tmp_path / "in.ndjson"
+    data.write_bytes(_launches(1, 0))
+    alerts = tmp_path / "alerts.jsonl"
+    detector = detectors(
+        "--source",
+        f"file:{data}",
+        "--follow",
+        "--checkpoint",
+        str(tmp_path / "offset.json"),  # only the store is on the small disk
+        "--data-dir",
+        str(small_disk / "state"),
+        "--sink",
+        f"jsonl:{alerts}",
+        "--tick-interval",
+        "0.2",
+    )
+    wait_until(lambda: alerts.exists() and len(alerts.read_bytes().splitlines()) == 1, 60, "the first alert")
+    filler = _fill(small_disk)
+    with open(data, "ab") as handle:
+        handle.write(_launches(400, 1))
+    wait_until(lambda: "database or disk is full" in detector.logs(), 60, "the store to hit the full disk")
+    assert detector.process.poll() is None, detector.logs()[-3000:]
+    filler.unlink()
+    wait_until(lambda: len(alerts.read_bytes().splitlines()) >= 401, 120, "every alert once space is freed")
+    assert detector.stop() == 0, detector.logs()[-3000:]
+    logs = detector.logs()
+    assert "cannot rollback" not in logs and "Traceback" not in logs
+    assert '"store_unavailable"' in logs
+    at = format_datetime(time.time_ns() // 100)
+    state = _cli("state", "--data-dir", str(small_disk / "state"), "--now", at, "--format", "json")
+    hunted = _cli("hunt", "--now", at, "--format", "json", str(data))
+    assert state.returncode == hunted.returncode == 0, _text(state)
+    assert len(orjson.loads(hunted.stdout)) == 401
+    assert orjson.loads(state.stdout) == orjson.loads(hunted.stdout)
+    news = [orjson.loads(line) for line in alerts.read_bytes().splitlines()]
+    assert len({d["alert_id"] for d in news if d["kind"] == "new"}) == 401
+
+
+def test_a_checkpoint_on_a_full_disk_is_retried_not_a_traceback(
+    tmp_path: Path, small_disk: Path, detectors: DetectorFactory
+) -> None:
+    """``--checkpoint`` on a full disk: a failed commit logged with its cause and retried with backoff;
+    the detector keeps running, and the checkpoint is written once space is freed."""
+    filler = _fill(small_disk)
+    data = tmp_path / "in.ndjson"
+    data.write_bytes(_launches(3, 0))
+    alerts = tmp_path / "alerts.jsonl"
+    checkpoint = small_disk / "offset.json"
+    detector = detectors(
+        "--source",
+        f"file:{data}",
+        "--follow",
+        "--checkpoint",
+        str(checkpoint),
+        "--data-dir",
+        str(tmp_path / "state"),
+        "--sink",
+        f"jsonl:{alerts}",
+        "--tick-interval",
+        "0.2",
+    )
+    wait_until(lambda: "No space left on device" in detector.logs(), 60, "the checkpoint write to fail")
+    assert detector.process.poll() is None, detector.logs()[-3000:]
+    assert '"commit_failed"' in detector.logs()
+    wait_until(lambda: "next try in" in detector.logs(), 60, "a retry held back by the backoff")
+    filler.unlink()
+    wait_until(checkpoint.exists, 120, "the checkpoint written once space is freed")
+    assert orjson.loads(checkpoint.read_bytes())["offset"] == data.stat().st_size
+    assert detector.stop() == 0, detector.logs()[-3000:]
+    assert "Traceback" not in detector.logs()
+    assert len(alerts.read_bytes().splitlines()) == 3
