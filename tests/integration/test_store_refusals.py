@@ -14,18 +14,29 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import errno
+import ipaddress
+import os
+import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
+import redis as redis_py
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rmmwatch.kql.datetimes import format_datetime
 from tests.helpers import envelope, row
-from tests.integration.conftest import RMMWATCH, DetectorFactory, wait_until
+from tests.integration.conftest import RMMWATCH, DetectorFactory, free_port, wait_until
 from tests.unit.test_store_sqlite import _made_store, _pages_of, _scribble
 
 
@@ -223,3 +234,200 @@ def test_a_checkpoint_on_a_full_disk_is_retried_not_a_traceback(
     assert detector.stop() == 0, detector.logs()[-3000:]
     assert "Traceback" not in detector.logs()
     assert len(alerts.read_bytes().splitlines()) == 3
+
+
+# -- a redis store that refuses us ----------------------------------------------------------------
+
+
+@dataclass
+class PrivateRedis:
+    """A private redis-server on a free loopback port (password or TLS), stopped after the test."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    tls_ca: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'rediss' if self.tls_ca else 'redis'}://127.0.0.1:{self.port}/0"
+
+
+def _start_redis(directory: Path, *extra: str, tls_ca: Path | None = None, password: str | None = None) -> PrivateRedis:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: run scripts/services/all.sh start (or make test)", pytrace=False)
+    port = free_port()
+    plain = ["--port", "0", "--tls-port", str(port)] if tls_ca else ["--port", str(port)]
+    process = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", *plain, "--dir", str(directory), "--save", "", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = PrivateRedis(port, process, tls_ca)
+
+    def answers() -> bool:
+        client = redis_py.Redis(
+            host="127.0.0.1",
+            port=port,
+            password=password,
+            ssl=tls_ca is not None,
+            ssl_ca_certs=str(tls_ca) if tls_ca else None,
+            socket_timeout=2,
+        )
+        try:
+            return bool(client.ping())
+        except redis_py.RedisError:
+            return False
+        finally:
+            client.close()
+
+    wait_until(answers, 20, "the private redis-server to answer")
+    return server
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[..., PrivateRedis]]:
+    started: list[PrivateRedis] = []
+
+    def start(*extra: str, tls_ca: Path | None = None, password: str | None = None) -> PrivateRedis:
+        directory = tmp_path / f"redis-{len(started)}"
+        directory.mkdir()
+        server = _start_redis(directory, *extra, tls_ca=tls_ca, password=password)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.process.terminate()
+            server.process.wait(timeout=30)
+
+
+def _certificate_authority(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate, key
+
+
+def _pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it, and a second, unrelated CA."""
+    ca, ca_key = _certificate_authority("rmmwatch test CA")
+    other_ca, _ = _certificate_authority("some other CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "other_ca", "server", "server_key")}
+    files["ca"].write_bytes(_pem(ca))
+    files["other_ca"].write_bytes(_pem(other_ca))
+    files["server"].write_bytes(_pem(server))
+    files["server_key"].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return files
+
+
+def _run_on_redis(
+    tmp_path: Path, store: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """A finite ``rmmwatch run`` over one launch on the given redis store (60 s at most: a refusal is quick)."""
+    data = tmp_path / "in.ndjson"
+    data.write_bytes(envelope(row(ticks=time.time_ns() // 100)) + b"\n")
+    return subprocess.run(
+        [
+            *RMMWATCH,
+            "run",
+            "--source",
+            f"file:{data}",
+            "--store",
+            store,
+            "--redis-prefix",
+            f"t{uuid.uuid4().hex[:8]}",
+            "--sink",
+            f"jsonl:{tmp_path / 'alerts.jsonl'}",
+            "--metrics-port",
+            "-1",
+            *args,
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize("given", ["a wrong password", "no password"])
+def test_a_redis_store_that_refuses_our_password_stops_the_detector(
+    tmp_path: Path, private_redis: Callable[..., PrivateRedis], given: str
+) -> None:
+    """Wrong or missing password: exit 1 at once naming the store, never the password (not retried forever)."""
+    server = private_redis("--requirepass", "the-right-pa55", password="the-right-pa55")
+    env = {"RMMWATCH_REDIS_PASSWORD": "a-wr0ng-pa55"} if given == "a wrong password" else {}
+    result = _run_on_redis(tmp_path, server.url, env=env)
+    stderr = _text(result)
+    assert result.returncode == 1, stderr[-3000:]
+    assert server.url in stderr and "authentication" in stderr
+    assert "a-wr0ng-pa55" not in stderr and "the-right-pa55" not in stderr and "Traceback" not in stderr
+    right = _run_on_redis(tmp_path, server.url, env={"RMMWATCH_REDIS_PASSWORD": "the-right-pa55"})
+    assert right.returncode == 0, _text(right)[-3000:]
+
+
+def test_a_redis_store_whose_certificate_our_ca_does_not_sign_stops_the_detector(
+    tmp_path: Path, private_redis: Callable[..., PrivateRedis], tls_files: dict[str, Path]
+) -> None:
+    """rediss:// with a CA file of another CA: exit 1 with the TLS reason; with the right CA it runs."""
+    server = private_redis(
+        "--tls-cert-file",
+        str(tls_files["server"]),
+        "--tls-key-file",
+        str(tls_files["server_key"]),
+        "--tls-ca-cert-file",
+        str(tls_files["ca"]),
+        "--tls-auth-clients",
+        "no",
+        tls_ca=tls_files["ca"],
+    )
+    result = _run_on_redis(tmp_path, server.url, "--redis-ca-file", str(tls_files["other_ca"]))
+    stderr = _text(result)
+    assert result.returncode == 1, stderr[-3000:]
+    assert server.url in stderr and "TLS" in stderr and "CERTIFICATE_VERIFY_FAILED" in stderr
+    assert "Traceback" not in stderr
+    right = _run_on_redis(tmp_path, server.url, "--redis-ca-file", str(tls_files["ca"]))
+    assert right.returncode == 0, _text(right)[-3000:]
+
+
+def test_a_redis_ca_file_with_a_plain_redis_url_is_a_configuration_error(tmp_path: Path) -> None:
+    """``--redis-ca-file`` with ``redis://``: exit 2 naming both (no TypeError traceback)."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not used\n")
+    result = _run_on_redis(tmp_path, "redis://127.0.0.1:9/0", "--redis-ca-file", str(ca))
+    stderr = _text(result)
+    assert result.returncode == 2, stderr[-3000:]
+    assert "--redis-ca-file" in stderr and "rediss://" in stderr and "Traceback" not in stderr
