@@ -207,3 +207,25 @@ def test_a_url_that_cannot_be_posted_to_is_refused(url: str) -> None:
     """Scheme, host and port are checked at construction, not on the first alert."""
     with pytest.raises(ValueError, match="webhook URL"):
         WebhookSink(url)
+
+
+@pytest.mark.parametrize("bypassed", [False, True])
+async def test_a_proxy_comes_from_the_environment_only(
+    endpoints: Callable[..., HostileEndpoint],
+    sinks: Callable[..., WebhookSink],
+    monkeypatch: pytest.MonkeyPatch,
+    bypassed: bool,
+) -> None:
+    """``HTTP_PROXY`` is used as urllib used it, and ``NO_PROXY`` bypasses it."""
+    proxy = endpoints("ok")
+    endpoint = endpoints("ok")
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, proxy.origin)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1" if bypassed else "")
+    sink = sinks(endpoint.url, token=TOKEN, retries=0, timeout_s=5)
+    await sink.open()
+    await _send(sink, await _alerts())
+    through, direct = (endpoint, proxy) if bypassed else (proxy, endpoint)
+    assert direct.requests == []
+    assert through.requests[0].path == ("/alerts" if bypassed else endpoint.url)

@@ -21,7 +21,9 @@ The endpoint is not trusted to behave (docs/architecture.md, "what happens when 
 * **Credentials in the URL are refused** at construction (the message does not repeat them):
   the endpoint authenticates with a bearer token read from an environment variable, sent to the
   configured origin only and never logged. Requests carry ``Idempotency-Key: <alert_id>:<revision>``.
-  TLS certificates are verified; proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``).
+  TLS certificates are verified. A proxy comes from the environment (``HTTP(S)_PROXY``,
+  ``NO_PROXY``), as with urllib; nothing else does (aiohttp's ``trust_env`` would also take
+  credentials from ``~/.netrc`` for the host, which clash with the bearer token).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import asyncio
 import email.utils
 import random
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
@@ -85,6 +88,14 @@ def checked_url(url: str) -> str:
     return url
 
 
+def _environment_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTP(S)_PROXY`` unless ``NO_PROXY`` covers the host)."""
+    parts = urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
 def _retry_after_s(value: str | None) -> float | None:
     """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an HTTP-date); None if absent or unreadable."""
     if value is None:
@@ -127,6 +138,7 @@ class WebhookSink:
         self.max_backoff_s = max_backoff_s
         self.deadline_s = deadline_s
         self.retry_after_cap_s = retry_after_cap_s
+        self._proxy = _environment_proxy(self.url)
         self._session: aiohttp.ClientSession | None = None
         #: loop time before which the endpoint asked (Retry-After) not to be called
         self._not_before = 0.0
@@ -135,7 +147,6 @@ class WebhookSink:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 headers={"Content-Type": "application/json", "User-Agent": f"rmmwatch/{__version__}"},
-                trust_env=True,  # proxies from the environment, as urllib did
             )
 
     async def send(self, alerts: Sequence[Alert]) -> None:
@@ -192,6 +203,7 @@ class WebhookSink:
                 data=alert.payload,
                 headers=headers,
                 allow_redirects=False,
+                proxy=self._proxy,
                 timeout=aiohttp.ClientTimeout(total=budget_s),
             ) as response:
                 status = response.status
