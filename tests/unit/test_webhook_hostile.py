@@ -18,7 +18,7 @@ import pytest
 from rmmwatch.alerts import Alert
 from rmmwatch.events import Detector
 from rmmwatch.sinks.base import SinkError
-from rmmwatch.sinks.webhook import WebhookSink
+from rmmwatch.sinks.webhook import WebhookSink, _retry_after_s
 from rmmwatch.stores.memory import MemoryStore
 from tests.helpers import T0, matches, row, seed_rule
 from tests.hostile_http import HostileEndpoint
@@ -229,3 +229,20 @@ async def test_a_proxy_comes_from_the_environment_only(
     through, direct = (endpoint, proxy) if bypassed else (proxy, endpoint)
     assert direct.requests == []
     assert through.requests[0].path == ("/alerts" if bypassed else endpoint.url)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("2", 2.0),
+        (" 7 ", 7.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date already past: no wait
+        ("\u00b2", None),  # a digit to str.isdigit, not a number of seconds
+        ("-5", None),
+        ("soon", None),
+        (None, None),
+    ],
+)
+def test_retry_after_values_are_read_strictly(header: str | None, expected: float | None) -> None:
+    """Delta-seconds or an HTTP-date; anything else is ignored (the usual backoff applies)."""
+    assert _retry_after_s(header) == expected
