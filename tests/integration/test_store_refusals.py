@@ -19,6 +19,7 @@ import errno
 import ipaddress
 import os
 import shutil
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -110,6 +111,35 @@ def test_run_on_a_damaged_store_stops_at_start(tmp_path: Path, made_store: Path,
     assert str(made_store / "rmmwatch.db") in stderr
     assert ("corrupt" in stderr) if how != "0 bytes" else ("rmmwatch.db.created" in stderr)
     assert not (tmp_path / "alerts.jsonl").exists() or not (tmp_path / "alerts.jsonl").read_bytes()
+
+
+def test_corruption_found_while_running_stops_the_detector_instead_of_retrying_forever(
+    tmp_path: Path, detectors: DetectorFactory
+) -> None:
+    """The store file damaged under a running detector: the next tick meets it, and the detector
+    stops with exit 1 and the reason (not "store_unavailable" retried on every tick, forever)."""
+    data = tmp_path / "in.ndjson"
+    data.write_bytes(b"".join(envelope(row(device=f"c-{i}", ticks=time.time_ns() // 100)) + b"\n" for i in range(50)))
+    alerts = tmp_path / "alerts.jsonl"
+    state = tmp_path / "state"
+    detector = detectors(
+        "--source", f"file:{data}", "--follow", "--data-dir", str(state), "--sink", f"jsonl:{alerts}",
+        "--tick-interval", "0.2",
+    )  # fmt: skip
+    wait_until(lambda: alerts.exists() and len(alerts.read_bytes().splitlines()) == 50, 60, "the alerts")
+    db = state / "rmmwatch.db"
+    other = sqlite3.connect(db, isolation_level=None, timeout=30)
+    try:
+        wait_until(lambda: other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0, 30, "a checkpoint")
+        _scribble(db, _pages_of(db, except_tables=("sqlite_schema", "meta")))
+        # Another writer changes the WAL: the detector's connection drops its page cache and reads the file.
+        other.execute("INSERT OR REPLACE INTO meta VALUES ('poke', '1')")
+    finally:
+        other.close()
+    assert detector.process.wait(timeout=60) == 1, detector.logs()[-3000:]
+    logs = detector.logs()
+    assert str(db) in logs and "corrupt" in logs and "Traceback" not in logs
+    assert "store_unavailable" not in logs
 
 
 # -- a full disk ------------------------------------------------------------------------------
