@@ -95,6 +95,7 @@ async def _hunt(args: argparse.Namespace) -> int:
 
 
 async def _state(args: argparse.Namespace) -> int:
+    from rmmwatch.stores.base import StoreRefused  # noqa: PLC0415
     from rmmwatch.wiring import store_for  # noqa: PLC0415
 
     rules = load_rules(args.rule or None)
@@ -103,8 +104,14 @@ async def _state(args: argparse.Namespace) -> int:
     url = config.store_url()
     if url.startswith("sqlite:") and not os.path.exists(url.removeprefix("sqlite:")):
         return _error(f"no sqlite state at {url.removeprefix('sqlite:')}", EXIT_FAILURE)
-    store = store_for(config, rules, read_only=True)
-    await store.open()
+    try:
+        store = store_for(config, rules, read_only=True)
+    except ValueError as exc:  # a store URL and options that do not go together
+        raise ConfigError(str(exc)) from None
+    try:
+        await store.open()
+    except StoreRefused as exc:  # a corrupt store or refused credentials: the reason, never partial rows
+        return _error(str(exc), EXIT_FAILURE)
     try:
         several = len(rules) > 1
         rows: list[dict[str, Any]] = []
@@ -113,6 +120,8 @@ async def _state(args: argparse.Namespace) -> int:
         if args.pending:
             pending = await store.pending_alerts(1_000_000)
             print(f"rmmwatch: {len(pending)} alert(s) waiting for delivery", file=sys.stderr)
+    except StoreRefused as exc:
+        return _error(str(exc), EXIT_FAILURE)
     finally:
         await store.close()
     print_rows(rows, output_columns(rules), args.format, sys.stdout)
@@ -123,13 +132,13 @@ async def _state(args: argparse.Namespace) -> int:
 
 
 async def _run(config: RunConfig) -> int:
-    from rmmwatch.stores.base import StoreLocked  # noqa: PLC0415
+    from rmmwatch.stores.base import StoreRefused  # noqa: PLC0415
     from rmmwatch.wiring import build_app  # noqa: PLC0415
 
     app = build_app(config, load_rules(config.rule or None, exclusions=not config.no_exclusions))
     try:
         return await app.run()
-    except StoreLocked as exc:
+    except StoreRefused as exc:  # locked, corrupt, wrong credentials or TLS: retrying would not help
         return _error(str(exc), EXIT_FAILURE)
 
 

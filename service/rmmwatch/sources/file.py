@@ -4,21 +4,26 @@ Each non-empty line is one message (CRLF or LF); a file whose first line is not 
 whose whole text is one JSON document (a pretty-printed Event Hubs body) is one message.
 The position is a byte offset; with a checkpoint file it survives restarts (written
 atomically: temp file, fsync, rename), so a killed replay resumes where it committed.
+A checkpoint that cannot be written (a full disk) is a failed commit, retried with backoff
+(``SourceUnavailable`` naming the cause): the loop goes on, the position is re-read after a
+crash meanwhile, and applying it again changes nothing.
 A file that shrinks while followed was truncated or rotated: reading restarts at 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
 from rmmwatch.logging import get_logger
-from rmmwatch.sources.base import Batch
+from rmmwatch.sources.base import Batch, SourceUnavailable
 
 log = get_logger("rmmwatch.sources.file")
 
@@ -55,6 +60,7 @@ class FileSource:
         self._committed: int | None = None
         self._stdin_read: asyncio.Task[bytes] | None = None
         self._paused = False
+        self._checkpoint_retry = _CheckpointRetry()
 
     @property
     def exhausted(self) -> bool:
@@ -244,7 +250,20 @@ class FileSource:
         if self._committed is not None and offset <= self._committed:
             return
         data = orjson.dumps({"path": os.path.abspath(self.path), "offset": offset, "line": line})
-        await asyncio.to_thread(_write_atomically, self.checkpoint, data)
+        retry = self._checkpoint_retry
+        wait_s = retry.wait_s()
+        if wait_s > 0:
+            raise SourceUnavailable(
+                f"checkpoint {self.checkpoint} not written ({retry.cause}); next try in {wait_s:.1f} s"
+            )
+        try:
+            await asyncio.to_thread(_write_atomically, self.checkpoint, data)
+        except OSError as exc:
+            delay_s = retry.failed(exc.strerror or str(exc))
+            raise SourceUnavailable(
+                f"cannot write the checkpoint {self.checkpoint}: {retry.cause}; retrying in {delay_s:.1f} s"
+            ) from None
+        retry.succeeded()
         self._committed = offset
 
     async def close(self) -> None:
@@ -255,14 +274,41 @@ class FileSource:
         self._file = None
 
 
+class _CheckpointRetry:
+    """Backoff between checkpoint writes that failed: 0.5 s, 1 s, 2 s ... 30 s, reset by a success."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.cause = ""
+        self._next_try = 0.0
+
+    def wait_s(self) -> float:
+        return self._next_try - time.monotonic() if self.failures else 0.0
+
+    def failed(self, cause: str) -> float:
+        delay_s = min(30.0, 0.5 * float(1 << min(self.failures, 10)))
+        self.failures += 1
+        self.cause = cause
+        self._next_try = time.monotonic() + delay_s
+        return delay_s
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):  # a full disk: leave no partial temp file taking space
+            temporary.unlink()
+        raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)

@@ -23,7 +23,14 @@ class StoreUnavailable(Exception):
     """The store cannot be reached or written now; the caller retries, commits nothing."""
 
 
-class StoreLocked(Exception):
+class StoreRefused(Exception):
+    """The store cannot be used as it is, and retrying would not change that: it refuses our
+    credentials or TLS, its file is corrupt, or another process owns it. The detector stops
+    at once with this message (exit 1), which says what is wrong and what to do; secrets are
+    never in it. (A store that was reachable and then drops raises StoreUnavailable: retried.)"""
+
+
+class StoreLocked(StoreRefused):
     """Another process owns this store (the sqlite store is single-process)."""
 
 
@@ -96,7 +103,7 @@ class Store(Protocol):
     name: str
 
     async def open(self) -> None:
-        """Connect / create schema / take ownership. Raises StoreUnavailable or StoreLocked."""
+        """Connect / create schema / take ownership. Raises StoreUnavailable (retried) or StoreRefused (fatal)."""
 
     async def close(self) -> None:
         """Release everything (idempotent)."""

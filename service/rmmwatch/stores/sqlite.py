@@ -14,18 +14,24 @@
 * ``apply_many`` (group commit) applies several batches in one transaction, one fsync; a
   large batch is applied in slices of whole groups (``engine.group_slices``) inside it, and
   its alerts are counted, not returned (they are in the outbox), so memory stays bounded.
-* Single process: an exclusive ``flock`` on ``<db>.lock`` is held while open. A second
-  rmmwatch on the same file is refused with :class:`StoreLocked`. Several replicas must use
-  the redis store: with one SQLite file per replica each would see part of every device's
-  events and alert on partial state.
+* Single process (``sqlite_file.py``): an exclusive ``flock`` on ``<db>.lock`` is held while
+  open. A second rmmwatch on the same file is refused with :class:`StoreLocked`. Several
+  replicas must use the redis store: with one SQLite file per replica each would see part of
+  every device's events and alert on partial state.
+* A damaged file is never trusted (``sqlite_file.py``; docs/architecture.md, "what happens
+  when ..."): ``open`` runs ``PRAGMA quick_check`` and refuses a corrupt file, one that is not a
+  database, or a store that existed and is now 0 bytes or missing, with :class:`StoreRefused`
+  (the detector stops, exit 1, saying which file and what to do); a partial answer is never
+  given as the answer. Corruption met later by a query is just as fatal; a full disk or an I/O
+  error is :class:`StoreUnavailable` (retried), with SQLite's own reason in the message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -38,8 +44,9 @@ from rmmwatch.alerts import Alert
 from rmmwatch.kql.datetimes import TICKS_PER_DAY
 from rmmwatch.model import Match
 from rmmwatch.rules import Rule
-from rmmwatch.stores.base import ApplyResult, StateStats, StoreLocked, StoreUnavailable
+from rmmwatch.stores.base import ApplyResult, StateStats, StoreRefused, StoreUnavailable
 from rmmwatch.stores.engine import Engine, Episode, EventRow, GroupRef, group_slices
+from rmmwatch.stores.sqlite_file import StoreFile
 
 T = TypeVar("T")
 
@@ -273,9 +280,9 @@ class SqliteStore:
         self.path = Path(path)
         self.synchronous = synchronous.upper()
         self.read_only = read_only
+        self.file = StoreFile(self.path)
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
-        self._lock_fd: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
@@ -289,44 +296,43 @@ class SqliteStore:
             raise
 
     def _open_sync(self) -> None:
+        self.file.check_not_lost()
         if self.read_only:
+            if not self.file.size():
+                raise StoreRefused(f"{self.path} is empty (0 bytes): it holds no rmmwatch state")
             try:
                 self._db = sqlite3.connect(
                     f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
                 )
-                self._db.execute("PRAGMA busy_timeout=5000")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self.file.check_integrity(self._db)
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreLocked(
-                f"{self.path} is in use by another rmmwatch process (pid {holder}); the sqlite store is "
-                "single-process: run one replica, or use --store redis://... for several"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._lock_fd = fd
+        self.file.lock()
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
+        self._db = db  # closed by close() whatever happens next
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
+        self.file.check_integrity(db)
         db.executescript(_SCHEMA)
         version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if version is None:
             db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         elif version[0] != SCHEMA_VERSION:
-            raise StoreUnavailable(f"{self.path} has schema version {version[0]}, this rmmwatch needs {SCHEMA_VERSION}")
-        self._db = db
+            raise StoreRefused(
+                f"{self.path} has schema version {version[0]}, this rmmwatch needs {SCHEMA_VERSION}: "
+                "run the rmmwatch version that wrote it, or move the file away to start with empty state"
+            )
+        store_id = db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+        if store_id is None:  # a new store, or one made before stores had ids
+            store_id = (uuid.uuid4().hex,)
+            db.execute("INSERT INTO meta VALUES ('store_id', ?)", store_id)
+        self.file.mark_created(store_id[0])
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
@@ -343,32 +349,43 @@ class SqliteStore:
                     self._db.execute("COMMIT")
             self._db.close()
             self._db = None
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self.file.unlock()
 
     async def _run(self, function: Callable[[], T]) -> T:
         if self._executor is None:
             raise StoreUnavailable("the sqlite store is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, function)
+        return await loop.run_in_executor(self._executor, self._guarded, function)
+
+    def _guarded(self, function: Callable[[], T]) -> T:
+        """``function`` in the store's thread, with SQLite's errors classified (``StoreFile.classified``)."""
+        try:
+            return function()
+        except sqlite3.Error as exc:
+            raise self.file.classified(exc) from None
+        except orjson.JSONDecodeError as exc:  # only what the store wrote is decoded here
+            raise self.file.corrupt(f"a row that is not the JSON it stored: {exc}") from None
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        # SQLite has often rolled back already (a full disk, an I/O error, corruption): a second
+        # ROLLBACK would fail with "no transaction is active" and hide the real cause.
+        if db.in_transaction:
+            with suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
 
     def _transaction(self, body: Callable[[SqliteBackend], T]) -> T:
         db = self._db
         if db is None:
             raise StoreUnavailable("the sqlite store is not open")
+        if not db.in_transaction:  # else: the one mark_sent opened, committed with this body
+            db.execute("BEGIN IMMEDIATE")
         try:
-            if not db.in_transaction:  # else: the one mark_sent opened, committed with this body
-                db.execute("BEGIN IMMEDIATE")
-            try:
-                result = body(SqliteBackend(db))
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            result = body(SqliteBackend(db))
             db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"sqlite: {exc}") from None
+        except BaseException:
+            self._rollback(db)
+            raise
         return result
 
     # -- the store --------------------------------------------------------------------------
@@ -420,10 +437,9 @@ class SqliteStore:
                 if not db.in_transaction:
                     db.execute("BEGIN IMMEDIATE")
                 db.executemany("UPDATE outbox SET sent = 1 WHERE alert_id = ? AND revision = ?", keys)
-            except sqlite3.OperationalError as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise StoreUnavailable(f"sqlite: {exc}") from None
+            except BaseException:
+                self._rollback(db)
+                raise
             # Left open: the next apply, tick or close commits it (see the module's docstring).
 
         await self._run(mark)
@@ -449,5 +465,5 @@ class SqliteStore:
 
         try:
             return await self._run(check)
-        except (StoreUnavailable, sqlite3.Error):
+        except (StoreUnavailable, StoreRefused, sqlite3.Error):
             return False
