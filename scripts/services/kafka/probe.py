@@ -2,13 +2,16 @@
 """Readiness probe for the test Kafka broker, standard library only.
 
 Speaks just enough of the Kafka protocol to prove a listener really serves:
-ApiVersions, then (SASL_SSL only) a TLS handshake trusting --ca with hostname
-check, SaslHandshake(PLAIN) and SaslAuthenticate, then a Metadata request
-whose broker list must advertise the same host:port that was dialled.
+for SSL and SASL_SSL a TLS handshake trusting --ca (hostname checked unless
+--no-check-hostname; --cert/--key present a client certificate), then
+ApiVersions, then for SASL_* SaslHandshake(PLAIN) and SaslAuthenticate, then a
+Metadata request whose broker list must advertise the same host:port that was
+dialled.
 
   probe.py --bootstrap 127.0.0.1:9092
-  probe.py --bootstrap 127.0.0.1:9093 --sasl-ssl --ca ca.pem \
+  probe.py --bootstrap 127.0.0.1:9093 --protocol SASL_SSL --ca ca.pem \
       --username '$ConnectionString' --password-env SOME_VAR
+  probe.py --bootstrap 127.0.0.1:9094 --protocol SSL --ca ca.pem --cert c.crt --key c.key
 
 Exit 0 and one line on stdout when the listener serves; exit 1 with the
 reason on stderr otherwise (exit 2 for an authentication failure).
@@ -144,13 +147,15 @@ def probe(args: argparse.Namespace) -> str:
     raw = socket.create_connection((host, port), timeout=args.timeout)
     sock: socket.socket = raw
     try:
-        if args.sasl_ssl:
+        if args.protocol in ("SSL", "SASL_SSL"):
             ctx = ssl.create_default_context(cafile=args.ca)
-            ctx.check_hostname = True
+            ctx.check_hostname = not args.no_check_hostname
+            if args.cert:
+                ctx.load_cert_chain(args.cert, args.key)
             sock = ctx.wrap_socket(raw, server_hostname=args.server_hostname or host)
         c = Conn(sock)
         versions = api_versions(c)
-        if args.sasl_ssl:
+        if args.protocol.startswith("SASL_"):
             password = os.environ.get(args.password_env or "", "")
             if not password:
                 raise ProbeError(f"password env var {args.password_env!r} is empty")
@@ -167,8 +172,11 @@ def probe(args: argparse.Namespace) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bootstrap", required=True)
-    ap.add_argument("--sasl-ssl", action="store_true")
+    ap.add_argument("--protocol", default="PLAINTEXT", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
     ap.add_argument("--ca")
+    ap.add_argument("--cert")
+    ap.add_argument("--key")
+    ap.add_argument("--no-check-hostname", action="store_true")
     ap.add_argument("--server-hostname")
     ap.add_argument("--username", default="$ConnectionString")
     ap.add_argument("--password-env")
