@@ -1,0 +1,393 @@
+"""``rmmwatch run`` options beyond Kafka security, each tried through the command (subprocesses) on real services.
+
+Sources (``--source stdin``, ``--checkpoint``), state (``--sqlite-synchronous``; the TLS redis-server of
+``scripts/services/redis.sh`` with ``rediss://``, ``--redis-ca-file``, an ACL user restricted to a key prefix,
+``--redis-password`` and its ``_FILE``), the alert policy driven by ``run``'s tick (a throttled ``update``, then
+``end``), the webhook's options (token variable, retries, timeout) against a local HTTP receiver,
+``--max-pending-alerts`` and its bound, operations (``--log-format``, ``--metrics-host``, ``--prefilter``), and
+the Event Hubs AMQP secrets read from files (test endpoint and Azurite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from rmmwatch.kql.datetimes import TICKS_PER_DAY, TICKS_PER_SECOND, format_datetime, parse_datetime
+from rmmwatch.rules import load_rules
+from rmmwatch.stores import open_store
+from tests.eventhub_endpoint.server import EventHubEndpoint
+from tests.helpers import envelope, row, service_env
+from tests.integration.conftest import RMMWATCH, DetectorFactory, free_port, rmmwatch, wait_until
+from tests.integration.eventhub_tools import append_round_robin, checkpointed_total, container_name
+from tests.integration.options_tools import run_config, secret_file, webhook_receiver
+from tests.integration.streams import generate_stream, hunt_and_state
+
+BUNDLED_RULE = Path(__file__).resolve().parents[2] / "service/rmmwatch/rules/netsupport.yaml"
+
+
+def _run(
+    *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*RMMWATCH, "run", "--metrics-port", "-1", *args], input=stdin, capture_output=True,
+                          timeout=180, env={**os.environ, **(env or {})}, check=False)  # fmt: skip
+
+
+def _events(stderr: bytes) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in stderr.splitlines() if line.startswith(b"{")]
+
+
+def _stopped(stderr: bytes) -> dict[str, object]:
+    """The ``stopped`` event's counters (batches, messages, matches, alerts)."""
+    [stopped] = [e for e in _events(stderr) if e.get("event") == "stopped"]
+    return stopped
+
+
+def _alerting(count: int, *, prefix: str = "dev", age_s: int = 600) -> list[bytes]:
+    """``count`` NetSupport launches on ``count`` devices, ``age_s`` old: one ``new`` alert each."""
+    now = time.time_ns() // 100
+    return [envelope(row(device=f"{prefix}-{i}", ticks=now - age_s * TICKS_PER_SECOND)) for i in range(count)]
+
+
+def _alerts(path: Path) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+# -- sources ---------------------------------------------------------------------------------------------------------
+
+
+def test_stdin_source_through_run_equals_hunt(tmp_path: Path) -> None:
+    """--source stdin reads NDJSON to its end, exits 0, and leaves the state hunt prints for the same input."""
+    stream = tmp_path / "stream.ndjson"
+    generate_stream(stream, 300, seed=201, duplicate=0.01)
+    data = tmp_path / "state"
+    result = _run("--source", "stdin", "--data-dir", str(data), "--sink", f"jsonl:{tmp_path / 'a.jsonl'}",
+                  stdin=stream.read_bytes())  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _stopped(result.stderr)["messages"] == 300
+    expected, state = hunt_and_state(stream, data)
+    assert expected and state == expected
+    assert {d["group"]["DeviceId"] for d in _alerts(tmp_path / "a.jsonl")} == {r["DeviceId"] for r in expected}
+
+
+def test_checkpoint_option_keeps_the_offset_where_told(tmp_path: Path) -> None:
+    """--checkpoint PATH holds the file source's offset: a rerun reads nothing, then only what was appended."""
+    source, checkpoint, data = tmp_path / "in.ndjson", tmp_path / "elsewhere" / "offset.json", tmp_path / "data"
+    checkpoint.parent.mkdir()
+    source.write_bytes(b"".join(m + b"\n" for m in _alerting(7, prefix="first")))
+    args = ["--source", f"file:{source}", "--checkpoint", str(checkpoint), "--data-dir", str(data),
+            "--sink", f"jsonl:{tmp_path / 'a.jsonl'}"]  # fmt: skip
+    first = _run(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert _stopped(first.stderr)["messages"] == 7
+    assert orjson.loads(checkpoint.read_bytes())["offset"] == source.stat().st_size
+    assert not (data / "file-offset.json").exists(), "the default place is not used"
+    again = _run(*args)
+    assert _stopped(again.stderr)["messages"] == 0
+    with source.open("ab") as handle:
+        handle.write(b"".join(m + b"\n" for m in _alerting(3, prefix="second")))
+    third = _run(*args)
+    assert _stopped(third.stderr)["messages"] == 3
+    assert sorted(d["group"]["DeviceId"] for d in _alerts(tmp_path / "a.jsonl")) == sorted(
+        [f"first-{i}" for i in range(7)] + [f"second-{i}" for i in range(3)]
+    )
+
+
+# -- state -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "pragma"), [("full", 2), ("normal", 1), ("extra", 3)])
+async def test_sqlite_synchronous_sets_the_pragma(value: str, pragma: int, tmp_path: Path) -> None:
+    """--sqlite-synchronous reaches SQLite: the store's connection runs with that synchronous level."""
+    config = run_config("--data-dir", str(tmp_path), "--sqlite-synchronous", value)
+    # Opened the way cli._run opens it.
+    store = open_store(
+        config.store_url(), load_rules(None), sqlite_synchronous=config.sqlite_synchronous, redis=config.redis_options()
+    )
+    await store.open()
+    try:
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == pragma  # type: ignore[attr-defined]
+    finally:
+        await store.close()
+
+
+def test_sqlite_synchronous_extra_through_run(tmp_path: Path) -> None:
+    """``extra`` (absent from the README until now) is accepted by run and keeps the state hunt prints."""
+    stream = tmp_path / "stream.ndjson"
+    generate_stream(stream, 200, seed=211)
+    data = tmp_path / "state"
+    result = _run("--source", f"file:{stream}", "--data-dir", str(data), "--sqlite-synchronous", "extra",
+                  "--sink", f"jsonl:{tmp_path / 'a.jsonl'}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, state = hunt_and_state(stream, data)
+    assert expected and state == expected
+
+
+def _redis_state(url: str, env: dict[str, str]) -> list[dict[str, object]]:
+    state = subprocess.run([*RMMWATCH, "state", "--store", url, "--now", format_datetime(time.time_ns() // 100),
+                            "--format", "json"], capture_output=True, timeout=120, env={**os.environ, **env},
+                           check=False)  # fmt: skip
+    assert state.returncode == 0, state.stderr[-3000:]
+    return list(orjson.loads(state.stdout))
+
+
+@pytest.mark.parametrize("who", ["ACL user, password file", "default user, --redis-password"])
+def test_redis_over_tls_with_credentials(who: str, tmp_path: Path) -> None:
+    """rediss:// with --redis-ca-file, as an ACL user restricted to a key prefix or the default user: state == hunt.
+
+    The ACL user may touch only keys starting with ``{rmmwatch-acl:``: running to the end with it proves the store
+    keeps every key under --redis-prefix. No password reaches the logs.
+    """
+    url, ca = service_env("RMMWATCH_TEST_REDIS_TLS_URL"), service_env("RMMWATCH_TEST_REDIS_TLS_CA")
+    admin_password = service_env("RMMWATCH_TEST_REDIS_TLS_PASSWORD")
+    acl_user, acl_password = (
+        service_env("RMMWATCH_TEST_REDIS_ACL_USERNAME"),
+        service_env("RMMWATCH_TEST_REDIS_ACL_PASSWORD"),
+    )
+    prefix = f"{service_env('RMMWATCH_TEST_REDIS_ACL_PREFIX')}:{uuid.uuid4().hex[:8]}"
+    if who.startswith("ACL"):
+        args = ["--redis-username", acl_user]
+        env = {"RMMWATCH_REDIS_PASSWORD_FILE": secret_file(tmp_path, "redis-password", acl_password)}
+        state_env = {"RMMWATCH_REDIS_USERNAME": acl_user, "RMMWATCH_REDIS_PASSWORD": acl_password}
+    else:
+        args, env = ["--redis-password", admin_password], {}
+        state_env = {"RMMWATCH_REDIS_PASSWORD": admin_password}
+    stream = tmp_path / "stream.ndjson"
+    generate_stream(stream, 300, seed=221, duplicate=0.01)
+    common = {"RMMWATCH_REDIS_CA_FILE": ca, "RMMWATCH_REDIS_PREFIX": prefix}
+    result = _run("--source", f"file:{stream}", "--store", url, "--redis-ca-file", ca, "--redis-prefix", prefix,
+                  *args, "--data-dir", str(tmp_path / "data"), "--sink", f"jsonl:{tmp_path / 'a.jsonl'}",
+                  "--tick-interval", "0.2", env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for secret in (acl_password, admin_password):
+        assert secret.encode() not in result.stderr
+    hunted = rmmwatch("hunt", "--now", format_datetime(time.time_ns() // 100), "--format", "json", "--quiet",
+                      str(stream))  # fmt: skip
+    expected = orjson.loads(hunted.stdout)
+    assert expected and _redis_state(url, {**common, **state_env}) == expected
+    admin = redis.Redis.from_url(url, password=admin_password, ssl_ca_certs=ca)
+    try:
+        keys = [k.decode() for k in admin.scan_iter(match=f"*{prefix}*", count=1000)]
+        assert keys and all(k.startswith("{" + prefix + ":") for k in keys), keys[:5]
+    finally:
+        admin.close()
+    restricted = redis.Redis.from_url(url, username=acl_user, password=acl_password, ssl_ca_certs=ca)
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            restricted.set(f"outside-{prefix}", b"1")  # the ACL user really is held to its prefix
+    finally:
+        restricted.close()
+
+
+# -- the alert policy, driven by run's tick --------------------------------------------------------------------------
+
+
+def test_throttled_update_and_end_come_from_runs_tick(tmp_path: Path, detectors: DetectorFactory) -> None:
+    """With ``update: throttle`` (4 s) and ``end: true``: new, then the held-back update when the interval ends,
+    then end when the last event ages out of the 5-day window, all for one alert_id, delivered by the tick."""
+    rule = tmp_path / "rule.yaml"
+    rule.write_text(
+        BUNDLED_RULE.read_text().replace("updateInterval: 15m\n  end: false", "updateInterval: 4s\n  end: true")
+    )
+    source, alerts = tmp_path / "in.ndjson", tmp_path / "alerts.jsonl"
+    source.write_bytes(b"")
+    detector = detectors("--rule", str(rule), "--source", f"file:{source}", "--follow", "--data-dir",
+                         str(tmp_path / "data"), "--sink", f"jsonl:{alerts}", "--tick-interval", "0.2")  # fmt: skip
+    wait_until(detector.ready, 60, "the detector to be ready")
+
+    def append(report: int) -> int:
+        """One launch on dev-tick that leaves the window 9 s from now; its Timestamp in ticks."""
+        ticks = time.time_ns() // 100 - 5 * TICKS_PER_DAY + 9 * TICKS_PER_SECOND
+        with source.open("ab") as handle:
+            handle.write(envelope(row(device="dev-tick", ticks=ticks, report=report)) + b"\n")
+        return ticks
+
+    append(1)
+    wait_until(lambda: len(_alerts(alerts)) >= 1, 30, "the new alert")
+    last = append(2)  # inside the 4 s throttle interval: held back
+    wait_until(lambda: len(_alerts(alerts)) >= 3, 60, "the update and the end alerts")
+    assert detector.stop() == 0, detector.logs()[-3000:]
+    new, update, end = _alerts(alerts)
+    assert [(a["kind"], a["revision"]) for a in (new, update, end)] == [("new", 0), ("update", 1), ("end", 2)]
+    assert new["alert_id"] == update["alert_id"] == end["alert_id"]
+    assert update["summary"]["Count"] == 2  # type: ignore[index]
+
+    def at(alert: dict[str, object], name: str) -> int:
+        return parse_datetime(alert["times"][name])  # type: ignore[index]
+
+    # Throttled: written when the interval after 'new' ended, well after the second event was read.
+    assert at(update, "alerted") >= at(new, "alerted") + 4 * TICKS_PER_SECOND
+    assert at(update, "alerted") > at(update, "seen") + TICKS_PER_SECOND
+    # End: once the second event left the window, not before.
+    assert at(end, "alerted") >= last + 5 * TICKS_PER_DAY
+
+
+# -- the webhook's options -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("retries", "sink_failures"), [(2, 0), (1, 1)])
+def test_webhook_token_variable_and_retries_through_run(retries: int, sink_failures: int, tmp_path: Path) -> None:
+    """--webhook-token-env names the variable whose token is sent as a bearer; --webhook-retries N makes N+1
+    attempts per delivery: two 503s are absorbed with 2 retries, and fail one delivery (retried later) with 1."""
+    source = tmp_path / "in.ndjson"
+    source.write_bytes(_alerting(1, prefix="hook")[0] + b"\n")
+    token = f"tok-{uuid.uuid4().hex}"
+    with webhook_receiver(answers=[503, 503]) as receiver:
+        result = _run("--source", f"file:{source}", "--store", "memory", "--sink", f"webhook:{receiver.url}",
+                      "--webhook-token-env", "MY_HOOK_TOKEN", "--webhook-retries", str(retries),
+                      env={"MY_HOOK_TOKEN": token})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    [document] = receiver.delivered()
+    key = f"{document['alert_id']}:{document['revision']}"
+    assert receiver.attempts(key) == 3
+    assert {r.authorization for r in receiver.requests} == {f"Bearer {token}"}
+    events = _events(result.stderr)
+    assert sum(1 for e in events if e.get("event") == "sink_failed") == sink_failures
+    assert sum(1 for e in events if e.get("event") == "webhook_retry") == 2 - sink_failures
+    assert token.encode() not in result.stderr
+
+
+def test_webhook_timeout_through_run(tmp_path: Path) -> None:
+    """--webhook-timeout ends an attempt the endpoint holds: the retry is answered while the first is still held."""
+    source = tmp_path / "in.ndjson"
+    source.write_bytes(_alerting(1, prefix="slow")[0] + b"\n")
+    with webhook_receiver(answers=["stall"], stall_s=20) as receiver:
+        result = _run("--source", f"file:{source}", "--store", "memory", "--sink", f"webhook:{receiver.url}",
+                      "--webhook-timeout", "0.5", "--webhook-retries", "1")  # fmt: skip
+        held_while_retried = receiver.seen_while_holding
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(receiver.delivered()) == 1
+    assert held_while_retried == 1, "the second attempt came before the held one was answered"
+
+
+# -- backpressure ----------------------------------------------------------------------------------------------------
+
+MAX_PENDING, BATCH, MESSAGES = 5, 10, 300
+#: Batches a detector may already hold when it notices the outbox is full: the one applied, two queued between the
+#: stages, one being decoded, one prefetched, and the rest of a group commit (app.py's pipeline).
+IN_FLIGHT_BATCHES = 6
+
+
+def test_max_pending_alerts_pauses_reading_within_its_bound(tmp_path: Path, detectors: DetectorFactory) -> None:
+    """While the sink fails, reading stops once --max-pending-alerts wait: the outbox holds at most that many plus
+    the batches already read (IN_FLIGHT_BATCHES x --batch-max-messages alerts); when the sink recovers, all go."""
+    source = tmp_path / "in.ndjson"
+    source.write_bytes(b"".join(m + b"\n" for m in _alerting(MESSAGES, prefix="bp")))
+    bound = MAX_PENDING - 1 + IN_FLIGHT_BATCHES * BATCH
+    with webhook_receiver(default=503) as receiver:
+        detector = detectors("--source", f"file:{source}", "--data-dir", str(tmp_path / "data"),
+                             "--sink", f"webhook:{receiver.url}", "--webhook-retries", "0",
+                             "--max-pending-alerts", str(MAX_PENDING), "--batch-max-messages", str(BATCH),
+                             "--tick-interval", "0.2")  # fmt: skip
+        wait_until(lambda: detector.metric("rmmwatch_outbox_pending") >= MAX_PENDING, 60, "the outbox to fill")
+        time.sleep(2)  # a reader that does not pause keeps going meanwhile (300 messages take well under 2 s)
+        created, read = detector.metric("rmmwatch_outbox_alerts_total"), detector.metric("rmmwatch_messages_total")
+        assert MAX_PENDING <= created <= bound, (created, bound)
+        assert read < MESSAGES
+        receiver.default = 200
+        wait_until(lambda: detector.process.poll() is not None, 120, "the replay to finish once the sink recovers")
+    assert detector.process.returncode == 0, detector.logs()[-3000:]
+    assert len({f"{d['alert_id']}" for d in receiver.delivered()}) == MESSAGES
+
+
+# -- operations ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_log_format(fmt: str) -> None:
+    """--log-format json writes one JSON object per line; console writes readable lines, none of them JSON."""
+    result = _run("--source", "synthetic", "--synthetic-count", "20", "--synthetic-rate", "0", "--store", "memory",
+                  "--log-format", fmt)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.decode().splitlines() if line.strip()]
+    assert any("started" in line for line in lines)
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(isinstance(orjson.loads(line), dict))
+        except orjson.JSONDecodeError:
+            parsed.append(False)
+    assert all(parsed) if fmt == "json" else not any(parsed), lines[:5]
+
+
+def _status(url: str) -> int | str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.URLError as exc:
+        return str(exc.reason)
+    except OSError as exc:
+        return str(exc)
+
+
+def test_metrics_host_is_the_address_served(tmp_path: Path) -> None:
+    """--metrics-host 127.0.0.2 serves /healthz, /readyz, /metrics there and nothing on 127.0.0.1."""
+    port = free_port()
+    log = tmp_path / "detector.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen([*RMMWATCH, "run", "--source", "synthetic", "--store", "memory",
+                                    "--metrics-host", "127.0.0.2", "--metrics-port", str(port)],
+                                   stdout=subprocess.DEVNULL, stderr=handle)  # fmt: skip
+    try:
+        wait_until(lambda: _status(f"http://127.0.0.2:{port}/healthz") == 200, 60, "/healthz on 127.0.0.2")
+        assert _status(f"http://127.0.0.2:{port}/metrics") == 200
+        assert _status(f"http://127.0.0.1:{port}/healthz") != 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+
+
+def test_prefilter_engines_give_the_same_alerts(tmp_path: Path) -> None:
+    """--prefilter auto, hyperscan and python: each engine is the one used, and the alerts are identical."""
+    stream = tmp_path / "stream.ndjson"
+    generate_stream(stream, 300, seed=231)
+    seen: dict[str, list[str]] = {}
+    for engine, used in (("auto", "hyperscan"), ("hyperscan", "hyperscan"), ("python", "python")):
+        alerts = tmp_path / f"{engine}.jsonl"
+        result = _run("--source", f"file:{stream}", "--store", "memory", "--prefilter", engine,
+                      "--sink", f"jsonl:{alerts}")  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        [started] = [e for e in _events(result.stderr) if e.get("event") == "started"]
+        assert str(started["prefilter"]).startswith(f"{used}: ")
+        seen[engine] = sorted(str(d["alert_id"]) for d in _alerts(alerts))
+    assert seen["auto"] and seen["auto"] == seen["hyperscan"] == seen["python"]
+
+
+# -- Event Hubs (AMQP) secrets from files ----------------------------------------------------------------------------
+
+
+def test_eventhub_secrets_from_files(tmp_path: Path, detectors: DetectorFactory) -> None:
+    """RMMWATCH_EVENTHUB_CONNECTION_STRING_FILE and RMMWATCH_EVENTHUB_CHECKPOINT_CONNECTION_STRING_FILE are read:
+    the hub is consumed and checkpointed in Azurite, and neither secret reaches the logs."""
+    azurite = service_env("RMMWATCH_TEST_AZURITE_CONNECTION_STRING")
+    messages: Sequence[bytes] = _alerting(40, prefix="eh")
+    with EventHubEndpoint(hub="defender", partitions=2) as endpoint:
+        append_round_robin(endpoint, messages)
+        container = container_name()
+        env = {
+            "RMMWATCH_EVENTHUB_CONNECTION_STRING_FILE": secret_file(tmp_path, "eh", endpoint.connection_string),
+            "RMMWATCH_EVENTHUB_CHECKPOINT_CONNECTION_STRING_FILE": secret_file(tmp_path, "blob", azurite),
+        }
+        detector = detectors("--source", "eventhub", "--eventhub-checkpoint-container", container, "--data-dir",
+                             str(tmp_path / "data"), "--sink", f"jsonl:{tmp_path / 'a.jsonl'}",
+                             "--tick-interval", "0.2", "--eventhub-load-balancing-interval", "1", env=env)  # fmt: skip
+        wait_until(
+            lambda: asyncio.run(checkpointed_total(azurite, container, endpoint)) == len(messages), 90, "checkpoints"
+        )
+        assert detector.stop() == 0, detector.logs()[-3000:]
+        logs = detector.logs()
+        assert endpoint.key not in logs
+        assert azurite.split("AccountKey=")[1].split(";")[0] not in logs
+    assert len(_alerts(tmp_path / "a.jsonl")) == len(messages)
