@@ -192,6 +192,16 @@ async def test_client_id_is_what_the_broker_sees(client: str, topic_name: str) -
         await source.close()
 
 
+def test_rebalance_wait_and_session_timeout_reach_the_source(client: str) -> None:
+    """--kafka-rebalance-wait and --kafka-session-timeout-ms are what the source runs with (their behaviour on the
+    broker: tests/integration/test_kafka_source.py's rebalance test and test_kafka.py's end-to-end tests)."""
+    args = _source_args(client, "t-unused", "--kafka-bootstrap-servers", "127.0.0.1:9",
+                        "--kafka-rebalance-wait", "7.5", "--kafka-session-timeout-ms", "12000")  # fmt: skip
+    source = open_source(run_config(*args))
+    assert source.rebalance_wait_s == 7.5  # type: ignore[attr-defined]
+    assert source.settings.session_timeout_ms == 12000  # type: ignore[attr-defined]
+
+
 # -- --kafka-start: the ISO 8601 forms ------------------------------------------------------------------------
 
 OLD, NEW = "2021-03-01T10:00:00Z", "2021-03-03T10:00:00Z"  # record timestamps (CreateTime)

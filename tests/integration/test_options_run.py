@@ -11,6 +11,7 @@ the Event Hubs AMQP secrets read from files (test endpoint and Azurite).
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
+from azure.core.exceptions import ResourceNotFoundError
+from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 
 from rmmwatch.kql.datetimes import TICKS_PER_DAY, TICKS_PER_SECOND, format_datetime, parse_datetime
 from rmmwatch.rules import load_rules
@@ -31,7 +34,7 @@ from rmmwatch.stores import open_store
 from tests.eventhub_endpoint.server import EventHubEndpoint
 from tests.helpers import envelope, row, service_env
 from tests.integration.conftest import RMMWATCH, DetectorFactory, free_port, rmmwatch, wait_until
-from tests.integration.eventhub_tools import append_round_robin, checkpointed_total, container_name
+from tests.integration.eventhub_tools import append_round_robin, container_name, namespace
 from tests.integration.options_tools import run_config, secret_file, webhook_receiver
 from tests.integration.streams import generate_stream, hunt_and_state
 
@@ -368,9 +371,27 @@ def test_prefilter_engines_give_the_same_alerts(tmp_path: Path) -> None:
 # -- Event Hubs (AMQP) secrets from files ----------------------------------------------------------------------------
 
 
+CONSUMER_GROUP = "rmmwatch-options"
+
+
+def _checkpointed(azurite: str, container: str, endpoint: EventHubEndpoint) -> int:
+    """Events covered by the checkpoints of CONSUMER_GROUP (the blob names hold the consumer group)."""
+
+    async def read() -> int:
+        async with BlobCheckpointStore.from_connection_string(azurite, container) as store:
+            try:
+                found = await store.list_checkpoints(namespace(endpoint), endpoint.hub, CONSUMER_GROUP)
+            except ResourceNotFoundError:
+                return 0
+        return sum(int(c["sequence_number"]) + 1 for c in found)
+
+    return asyncio.run(read())
+
+
 def test_eventhub_secrets_from_files(tmp_path: Path, detectors: DetectorFactory) -> None:
     """RMMWATCH_EVENTHUB_CONNECTION_STRING_FILE and RMMWATCH_EVENTHUB_CHECKPOINT_CONNECTION_STRING_FILE are read:
-    the hub is consumed and checkpointed in Azurite, and neither secret reaches the logs."""
+    the hub is consumed in the --eventhub-consumer-group given (every partition, claimed one per interval with
+    --eventhub-load-balancing balanced) and checkpointed under that group in Azurite; neither secret is logged."""
     azurite = service_env("RMMWATCH_TEST_AZURITE_CONNECTION_STRING")
     messages: Sequence[bytes] = _alerting(40, prefix="eh")
     with EventHubEndpoint(hub="defender", partitions=2) as endpoint:
@@ -382,12 +403,135 @@ def test_eventhub_secrets_from_files(tmp_path: Path, detectors: DetectorFactory)
         }
         detector = detectors("--source", "eventhub", "--eventhub-checkpoint-container", container, "--data-dir",
                              str(tmp_path / "data"), "--sink", f"jsonl:{tmp_path / 'a.jsonl'}",
-                             "--tick-interval", "0.2", "--eventhub-load-balancing-interval", "1", env=env)  # fmt: skip
-        wait_until(
-            lambda: asyncio.run(checkpointed_total(azurite, container, endpoint)) == len(messages), 90, "checkpoints"
-        )
+                             "--eventhub-consumer-group", CONSUMER_GROUP, "--tick-interval", "0.2",
+                             "--eventhub-load-balancing", "balanced", "--eventhub-load-balancing-interval", "1",
+                             env=env)  # fmt: skip
+        wait_until(lambda: _checkpointed(azurite, container, endpoint) == len(messages), 90, "checkpoints")
         assert detector.stop() == 0, detector.logs()[-3000:]
         logs = detector.logs()
         assert endpoint.key not in logs
         assert azurite.split("AccountKey=")[1].split(";")[0] not in logs
     assert len(_alerts(tmp_path / "a.jsonl")) == len(messages)
+
+
+# -- rules, input limits, the synthetic source, shutdown -------------------------------------------------------------
+
+
+def test_no_exclusions_alerts_on_what_the_rules_exclude(tmp_path: Path) -> None:
+    """A launch the bundled rule excludes ('report' mode) is counted and logged by default, alerted with
+    --no-exclusions."""
+    source = tmp_path / "in.ndjson"
+    now = time.time_ns() // 100
+    source.write_bytes(envelope(row(device="dev-x", ticks=now - 600 * TICKS_PER_SECOND,
+                                    command='"C:\\ProgramData\\x\\client32.exe" /report')) + b"\n")  # fmt: skip
+    kept = _run("--source", f"file:{source}", "--store", "memory", "--sink", f"jsonl:{tmp_path / 'kept.jsonl'}")
+    assert kept.returncode == 0, kept.stderr[-3000:]
+    assert _alerts(tmp_path / "kept.jsonl") == []
+    [excluded] = [e for e in _events(kept.stderr) if e.get("event") == "excluded"]
+    assert excluded["exclusion"] == "System monitoring and reporting"
+    bare = _run("--source", f"file:{source}", "--store", "memory", "--no-exclusions",
+                "--sink", f"jsonl:{tmp_path / 'bare.jsonl'}")  # fmt: skip
+    assert bare.returncode == 0, bare.stderr[-3000:]
+    assert [d["group"]["DeviceId"] for d in _alerts(tmp_path / "bare.jsonl")] == ["dev-x"]
+
+
+def test_max_message_bytes_dead_letters_oversized_input_to_a_jsonl_file(tmp_path: Path) -> None:
+    """A message above --max-message-bytes goes to --dead-letter jsonl:PATH as 'oversized' with its bytes; the
+    messages around it are still read and alerted."""
+    small = _alerting(2, prefix="ok")
+    large = envelope(row(device="big", ticks=time.time_ns() // 100, AccountName="x" * 3000))
+    limit = max(len(m) for m in small) + 100
+    assert len(large) > limit
+    source, letters = tmp_path / "in.ndjson", tmp_path / "dead.jsonl"
+    source.write_bytes(b"".join(m + b"\n" for m in (small[0], large, small[1])))
+    result = _run("--source", f"file:{source}", "--store", "memory", "--max-message-bytes", str(limit),
+                  "--dead-letter", f"jsonl:{letters}", "--sink", f"jsonl:{tmp_path / 'a.jsonl'}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    [letter] = [orjson.loads(line) for line in letters.read_bytes().splitlines()]
+    assert letter["reason"] == "oversized"
+    assert base64.b64decode(letter["payload_base64"]) == large
+    assert sorted(d["group"]["DeviceId"] for d in _alerts(tmp_path / "a.jsonl")) == ["ok-0", "ok-1"]
+
+
+def _synthetic(tmp_path: Path, name: str, *options: str) -> tuple[dict[str, object], list[dict[str, object]]]:
+    alerts = tmp_path / f"{name}.jsonl"
+    result = _run("--source", "synthetic", "--synthetic-count", "400", "--synthetic-rate", "0", "--store", "memory",
+                  "--sink", f"jsonl:{alerts}", *options)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _stopped(result.stderr), _alerts(alerts)
+
+
+def test_synthetic_options_shape_the_generated_stream(tmp_path: Path) -> None:
+    """--synthetic-seed makes the stream repeatable, --synthetic-netsupport-ratio sets how much matches,
+    --synthetic-devices bounds the population, --synthetic-count ends the run."""
+    base = ("--synthetic-seed", "7", "--synthetic-netsupport-ratio", "0.05", "--synthetic-devices", "3")
+    stats, alerts = _synthetic(tmp_path, "a", *base)
+    again_stats, again = _synthetic(tmp_path, "b", *base)
+    other_stats, _ = _synthetic(tmp_path, "c", "--synthetic-seed", "8", *base[2:])
+    _, none = _synthetic(tmp_path, "d", "--synthetic-seed", "7", "--synthetic-netsupport-ratio", "0")
+
+    def counts(stats: dict[str, object]) -> tuple[object, ...]:
+        return stats["messages"], stats["matches"], stats["alerts"]
+
+    def devices(alerts: list[dict[str, object]]) -> list[object]:
+        return sorted(a["group"]["DeviceId"] for a in alerts)  # type: ignore[index]
+
+    assert stats["messages"] == 400 and stats["matches"] > 0  # type: ignore[operator]
+    # Timestamps follow the wall clock; the records do not: same counts, same devices.
+    assert (counts(stats), devices(alerts)) == (counts(again_stats), devices(again))
+    assert counts(other_stats) != counts(stats)
+    assert 1 <= len(set(devices(alerts))) <= 3
+    assert none == []
+
+
+def test_shutdown_timeout_bounds_the_drain_of_undeliverable_alerts(tmp_path: Path) -> None:
+    """At the end of a replay whose sink keeps failing, run drains for --shutdown-timeout (1 s, not the default
+    25 s), exits 1 and says the alerts stay in the outbox."""
+    source = tmp_path / "in.ndjson"
+    source.write_bytes(_alerting(1, prefix="stuck")[0] + b"\n")
+    with webhook_receiver(default=503) as receiver:
+        started = time.monotonic()
+        result = _run("--source", f"file:{source}", "--data-dir", str(tmp_path / "data"), "--shutdown-timeout", "1",
+                      "--sink", f"webhook:{receiver.url}", "--webhook-retries", "0")  # fmt: skip
+        elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert [e["pending"] for e in _events(result.stderr) if e.get("event") == "undelivered_alerts"] == [1]
+    assert elapsed < 20, f"took {elapsed:.0f} s: the 25 s default was used"
+
+
+# -- the metrics server and the log level ----------------------------------------------------------------------------
+
+
+def test_stdout_sink_prints_one_alert_per_line() -> None:
+    """The default sink, stdout: one JSON alert per line, as many as the run delivered."""
+    result = _run("--source", "synthetic", "--synthetic-count", "200", "--synthetic-rate", "0", "--store", "memory",
+                  "--synthetic-netsupport-ratio", "0.05", "--synthetic-devices", "20")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    alerts = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert alerts and len(alerts) == _stopped(result.stderr)["alerts"]
+    assert {a["kind"] for a in alerts} <= {"new", "update"}
+
+
+def test_metrics_port_zero_picks_one_and_minus_one_serves_none() -> None:
+    """--metrics-port 0 listens on a free port it logs (and serves there); -1 starts no server at all."""
+    args = ("--source", "synthetic", "--synthetic-count", "5", "--synthetic-rate", "0", "--store", "memory")
+    anywhere = subprocess.run([*RMMWATCH, "run", *args, "--metrics-port", "0", "--metrics-host", "127.0.0.1"],
+                              capture_output=True, timeout=120, check=False)  # fmt: skip
+    assert anywhere.returncode == 0, anywhere.stderr[-3000:]
+    [listening] = [e for e in _events(anywhere.stderr) if e.get("event") == "http_listening"]
+    assert isinstance(listening["port"], int) and listening["port"] > 0
+    none = _run(*args)  # _run passes --metrics-port -1
+    assert none.returncode == 0, none.stderr[-3000:]
+    assert not [e for e in _events(none.stderr) if e.get("event") == "http_listening"]
+
+
+def test_log_level_warning_leaves_out_info_events() -> None:
+    """--log-level warning: the info events (started, stopped) are not written; with info they are."""
+    args = ("--source", "synthetic", "--synthetic-count", "5", "--synthetic-rate", "0", "--store", "memory")
+    events = {}
+    for level in ("warning", "info"):
+        result = _run(*args, "--log-level", level)
+        assert result.returncode == 0, result.stderr[-3000:]
+        events[level] = {str(e.get("event")) for e in _events(result.stderr)}
+    assert {"started", "stopped"} <= events["info"]
+    assert not {"started", "stopped"} & events["warning"]
