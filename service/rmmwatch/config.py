@@ -281,7 +281,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--sqlite-synchronous",
-        "sqlite durability: full (survives power loss) or normal (survives a crash)",
+        "sqlite durability: full (survives power loss), normal (survives a crash) or extra "
+        "(SQLite's EXTRA: the same as full under the WAL journal rmmwatch uses)",
         "full",
         choices=("full", "normal", "extra"),
         group="state",
@@ -311,7 +312,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--max-pending-alerts",
-        "stop reading input while this many alerts wait for delivery",
+        "stop reading input once this many alerts wait for delivery; the batches already read are still applied "
+        "(up to 7 x --batch-max-messages messages' alerts more). Values above 500 never pause today (docs/options.md)",
         10_000,
         int,
         group="alerts",

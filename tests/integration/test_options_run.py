@@ -1,11 +1,13 @@
 """``rmmwatch run`` options beyond Kafka security, each tried through the command (subprocesses) on real services.
 
-Sources (``--source stdin``, ``--checkpoint``), state (``--sqlite-synchronous``; the TLS redis-server of
-``scripts/services/redis.sh`` with ``rediss://``, ``--redis-ca-file``, an ACL user restricted to a key prefix,
-``--redis-password`` and its ``_FILE``), the alert policy driven by ``run``'s tick (a throttled ``update``, then
-``end``), the webhook's options (token variable, retries, timeout) against a local HTTP receiver,
-``--max-pending-alerts`` and its bound, operations (``--log-format``, ``--metrics-host``, ``--prefilter``), and
-the Event Hubs AMQP secrets read from files (test endpoint and Azurite).
+Sources (``--source stdin``, ``--checkpoint``), rules and input (``--no-exclusions``, ``--max-message-bytes`` with a
+``jsonl`` dead letter, the synthetic source's options, ``--shutdown-timeout``), state (``--sqlite-synchronous``; the
+TLS redis-server of ``scripts/services/redis.sh`` with ``rediss://``, ``--redis-ca-file``, an ACL user restricted
+to a key prefix, ``--redis-password`` and its ``_FILE``), the alert policy driven by ``run``'s tick (a throttled
+``update``, then ``end``), sinks (the webhook's token variable, retries and timeout against a local HTTP receiver;
+stdout), ``--max-pending-alerts`` and its bound, operations (``--log-format``, ``--log-level``, ``--metrics-host``,
+``--metrics-port`` 0 and -1, ``--prefilter``), and Event Hubs over AMQP with its secrets read from files, its own
+consumer group and balanced load balancing (the test endpoint and Azurite).
 """
 
 from __future__ import annotations
@@ -106,6 +108,95 @@ def test_checkpoint_option_keeps_the_offset_where_told(tmp_path: Path) -> None:
     assert sorted(d["group"]["DeviceId"] for d in _alerts(tmp_path / "a.jsonl")) == sorted(
         [f"first-{i}" for i in range(7)] + [f"second-{i}" for i in range(3)]
     )
+
+
+# -- rules, input limits, the synthetic source, shutdown -------------------------------------------------------------
+
+
+def test_no_exclusions_alerts_on_what_the_rules_exclude(tmp_path: Path) -> None:
+    """A launch the bundled rule excludes ('report' mode) is counted and logged by default, alerted with
+    --no-exclusions."""
+    source = tmp_path / "in.ndjson"
+    now = time.time_ns() // 100
+    source.write_bytes(envelope(row(device="dev-x", ticks=now - 600 * TICKS_PER_SECOND,
+                                    command='"C:\\ProgramData\\x\\client32.exe" /report')) + b"\n")  # fmt: skip
+    kept = _run("--source", f"file:{source}", "--store", "memory", "--sink", f"jsonl:{tmp_path / 'kept.jsonl'}")
+    assert kept.returncode == 0, kept.stderr[-3000:]
+    assert _alerts(tmp_path / "kept.jsonl") == []
+    [excluded] = [e for e in _events(kept.stderr) if e.get("event") == "excluded"]
+    assert excluded["exclusion"] == "System monitoring and reporting"
+    bare = _run("--source", f"file:{source}", "--store", "memory", "--no-exclusions",
+                "--sink", f"jsonl:{tmp_path / 'bare.jsonl'}")  # fmt: skip
+    assert bare.returncode == 0, bare.stderr[-3000:]
+    assert [d["group"]["DeviceId"] for d in _alerts(tmp_path / "bare.jsonl")] == ["dev-x"]
+
+
+def test_max_message_bytes_dead_letters_oversized_input_to_a_jsonl_file(tmp_path: Path) -> None:
+    """A message above --max-message-bytes is logged as 'oversized' (--dead-letter log, the default) or written to
+    --dead-letter jsonl:PATH with its bytes; the messages around it are still read and alerted."""
+    small = _alerting(2, prefix="ok")
+    large = envelope(row(device="big", ticks=time.time_ns() // 100, AccountName="x" * 3000))
+    limit = max(len(m) for m in small) + 100
+    assert len(large) > limit
+    source, letters = tmp_path / "in.ndjson", tmp_path / "dead.jsonl"
+    source.write_bytes(b"".join(m + b"\n" for m in (small[0], large, small[1])))
+    logged = _run("--source", f"file:{source}", "--store", "memory", "--max-message-bytes", str(limit))
+    assert logged.returncode == 0, logged.stderr[-3000:]  # --dead-letter log, the default: counted and logged
+    bad = [e for e in _events(logged.stderr) if e.get("event") == "bad_input"]
+    assert [(e["reason"], e["line"]) for e in bad] == [("oversized", 2)]
+    result = _run("--source", f"file:{source}", "--store", "memory", "--max-message-bytes", str(limit),
+                  "--dead-letter", f"jsonl:{letters}", "--sink", f"jsonl:{tmp_path / 'a.jsonl'}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    [letter] = [orjson.loads(line) for line in letters.read_bytes().splitlines()]
+    assert letter["reason"] == "oversized"
+    assert base64.b64decode(letter["payload_base64"]) == large
+    assert sorted(d["group"]["DeviceId"] for d in _alerts(tmp_path / "a.jsonl")) == ["ok-0", "ok-1"]
+
+
+def _synthetic(tmp_path: Path, name: str, *options: str) -> tuple[dict[str, object], list[dict[str, object]]]:
+    alerts = tmp_path / f"{name}.jsonl"
+    result = _run("--source", "synthetic", "--synthetic-count", "400", "--synthetic-rate", "0", "--store", "memory",
+                  "--sink", f"jsonl:{alerts}", *options)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _stopped(result.stderr), _alerts(alerts)
+
+
+def test_synthetic_options_shape_the_generated_stream(tmp_path: Path) -> None:
+    """--synthetic-seed makes the stream repeatable, --synthetic-netsupport-ratio sets how much matches,
+    --synthetic-devices bounds the population, --synthetic-count ends the run."""
+    base = ("--synthetic-seed", "7", "--synthetic-netsupport-ratio", "0.05", "--synthetic-devices", "3")
+    stats, alerts = _synthetic(tmp_path, "a", *base)
+    again_stats, again = _synthetic(tmp_path, "b", *base)
+    other_stats, _ = _synthetic(tmp_path, "c", "--synthetic-seed", "8", *base[2:])
+    _, none = _synthetic(tmp_path, "d", "--synthetic-seed", "7", "--synthetic-netsupport-ratio", "0")
+
+    def counts(stats: dict[str, object]) -> tuple[object, ...]:
+        return stats["messages"], stats["matches"], stats["alerts"]
+
+    def devices(alerts: list[dict[str, object]]) -> list[object]:
+        return sorted(a["group"]["DeviceId"] for a in alerts)  # type: ignore[index]
+
+    assert stats["messages"] == 400 and stats["matches"] > 0  # type: ignore[operator]
+    # Timestamps follow the wall clock; the records do not: same counts, same devices.
+    assert (counts(stats), devices(alerts)) == (counts(again_stats), devices(again))
+    assert counts(other_stats) != counts(stats)
+    assert 1 <= len(set(devices(alerts))) <= 3
+    assert none == []
+
+
+def test_shutdown_timeout_bounds_the_drain_of_undeliverable_alerts(tmp_path: Path) -> None:
+    """At the end of a replay whose sink keeps failing, run drains for --shutdown-timeout (1 s, not the default
+    25 s), exits 1 and says the alerts stay in the outbox."""
+    source = tmp_path / "in.ndjson"
+    source.write_bytes(_alerting(1, prefix="stuck")[0] + b"\n")
+    with webhook_receiver(default=503) as receiver:
+        started = time.monotonic()
+        result = _run("--source", f"file:{source}", "--data-dir", str(tmp_path / "data"), "--shutdown-timeout", "1",
+                      "--sink", f"webhook:{receiver.url}", "--webhook-retries", "0")  # fmt: skip
+        elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert [e["pending"] for e in _events(result.stderr) if e.get("event") == "undelivered_alerts"] == [1]
+    assert elapsed < 20, f"took {elapsed:.0f} s: the 25 s default was used"
 
 
 # -- state -----------------------------------------------------------------------------------------------------------
@@ -237,7 +328,7 @@ def test_throttled_update_and_end_come_from_runs_tick(tmp_path: Path, detectors:
     assert at(end, "alerted") >= last + 5 * TICKS_PER_DAY
 
 
-# -- the webhook's options -------------------------------------------------------------------------------------------
+# -- sinks: the webhook's options, stdout ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("retries", "sink_failures"), [(2, 0), (1, 1)])
@@ -275,17 +366,28 @@ def test_webhook_timeout_through_run(tmp_path: Path) -> None:
     assert held_while_retried == 1, "the second attempt came before the held one was answered"
 
 
+def test_stdout_sink_prints_one_alert_per_line() -> None:
+    """The default sink, stdout: one JSON alert per line, as many as the run delivered."""
+    result = _run("--source", "synthetic", "--synthetic-count", "200", "--synthetic-rate", "0", "--store", "memory",
+                  "--synthetic-netsupport-ratio", "0.05", "--synthetic-devices", "20")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    alerts = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert alerts and len(alerts) == _stopped(result.stderr)["alerts"]
+    assert {a["kind"] for a in alerts} <= {"new", "update"}
+
+
 # -- backpressure ----------------------------------------------------------------------------------------------------
 
 MAX_PENDING, BATCH, MESSAGES = 5, 10, 300
-#: Batches a detector may already hold when it notices the outbox is full: the one applied, two queued between the
-#: stages, one being decoded, one prefetched, and the rest of a group commit (app.py's pipeline).
-IN_FLIGHT_BATCHES = 6
+#: Batches that may still be applied once the outbox is full (app.py's pipeline): the one whose alerts filled it, up
+#: to two more applied with it in one group commit, two queued between the stages, one decoded and waiting for the
+#: queue, one prefetched. Measured here: at most 6 (in the --batch-max-messages and limit pairs tried).
+IN_FLIGHT_BATCHES = 7
 
 
 def test_max_pending_alerts_pauses_reading_within_its_bound(tmp_path: Path, detectors: DetectorFactory) -> None:
-    """While the sink fails, reading stops once --max-pending-alerts wait: the outbox holds at most that many plus
-    the batches already read (IN_FLIGHT_BATCHES x --batch-max-messages alerts); when the sink recovers, all go."""
+    """While the sink fails, reading stops once --max-pending-alerts wait: the outbox holds at most that many minus
+    one plus IN_FLIGHT_BATCHES batches' alerts (one alert per message here); when the sink recovers, all go."""
     source = tmp_path / "in.ndjson"
     source.write_bytes(b"".join(m + b"\n" for m in _alerting(MESSAGES, prefix="bp")))
     bound = MAX_PENDING - 1 + IN_FLIGHT_BATCHES * BATCH
@@ -368,6 +470,34 @@ def test_prefilter_engines_give_the_same_alerts(tmp_path: Path) -> None:
     assert seen["auto"] and seen["auto"] == seen["hyperscan"] == seen["python"]
 
 
+# -- operations: the metrics port, the log level ---------------------------------------------------------------------
+
+
+def test_metrics_port_zero_picks_one_and_minus_one_serves_none() -> None:
+    """--metrics-port 0 listens on a free port it logs (and serves there); -1 starts no server at all."""
+    args = ("--source", "synthetic", "--synthetic-count", "5", "--synthetic-rate", "0", "--store", "memory")
+    anywhere = subprocess.run([*RMMWATCH, "run", *args, "--metrics-port", "0", "--metrics-host", "127.0.0.1"],
+                              capture_output=True, timeout=120, check=False)  # fmt: skip
+    assert anywhere.returncode == 0, anywhere.stderr[-3000:]
+    [listening] = [e for e in _events(anywhere.stderr) if e.get("event") == "http_listening"]
+    assert isinstance(listening["port"], int) and listening["port"] > 0
+    none = _run(*args)  # _run passes --metrics-port -1
+    assert none.returncode == 0, none.stderr[-3000:]
+    assert not [e for e in _events(none.stderr) if e.get("event") == "http_listening"]
+
+
+def test_log_level_warning_leaves_out_info_events() -> None:
+    """--log-level warning: the info events (started, stopped) are not written; with info they are."""
+    args = ("--source", "synthetic", "--synthetic-count", "5", "--synthetic-rate", "0", "--store", "memory")
+    events = {}
+    for level in ("warning", "info"):
+        result = _run(*args, "--log-level", level)
+        assert result.returncode == 0, result.stderr[-3000:]
+        events[level] = {str(e.get("event")) for e in _events(result.stderr)}
+    assert {"started", "stopped"} <= events["info"]
+    assert not {"started", "stopped"} & events["warning"]
+
+
 # -- Event Hubs (AMQP) secrets from files ----------------------------------------------------------------------------
 
 
@@ -412,126 +542,3 @@ def test_eventhub_secrets_from_files(tmp_path: Path, detectors: DetectorFactory)
         assert endpoint.key not in logs
         assert azurite.split("AccountKey=")[1].split(";")[0] not in logs
     assert len(_alerts(tmp_path / "a.jsonl")) == len(messages)
-
-
-# -- rules, input limits, the synthetic source, shutdown -------------------------------------------------------------
-
-
-def test_no_exclusions_alerts_on_what_the_rules_exclude(tmp_path: Path) -> None:
-    """A launch the bundled rule excludes ('report' mode) is counted and logged by default, alerted with
-    --no-exclusions."""
-    source = tmp_path / "in.ndjson"
-    now = time.time_ns() // 100
-    source.write_bytes(envelope(row(device="dev-x", ticks=now - 600 * TICKS_PER_SECOND,
-                                    command='"C:\\ProgramData\\x\\client32.exe" /report')) + b"\n")  # fmt: skip
-    kept = _run("--source", f"file:{source}", "--store", "memory", "--sink", f"jsonl:{tmp_path / 'kept.jsonl'}")
-    assert kept.returncode == 0, kept.stderr[-3000:]
-    assert _alerts(tmp_path / "kept.jsonl") == []
-    [excluded] = [e for e in _events(kept.stderr) if e.get("event") == "excluded"]
-    assert excluded["exclusion"] == "System monitoring and reporting"
-    bare = _run("--source", f"file:{source}", "--store", "memory", "--no-exclusions",
-                "--sink", f"jsonl:{tmp_path / 'bare.jsonl'}")  # fmt: skip
-    assert bare.returncode == 0, bare.stderr[-3000:]
-    assert [d["group"]["DeviceId"] for d in _alerts(tmp_path / "bare.jsonl")] == ["dev-x"]
-
-
-def test_max_message_bytes_dead_letters_oversized_input_to_a_jsonl_file(tmp_path: Path) -> None:
-    """A message above --max-message-bytes goes to --dead-letter jsonl:PATH as 'oversized' with its bytes; the
-    messages around it are still read and alerted."""
-    small = _alerting(2, prefix="ok")
-    large = envelope(row(device="big", ticks=time.time_ns() // 100, AccountName="x" * 3000))
-    limit = max(len(m) for m in small) + 100
-    assert len(large) > limit
-    source, letters = tmp_path / "in.ndjson", tmp_path / "dead.jsonl"
-    source.write_bytes(b"".join(m + b"\n" for m in (small[0], large, small[1])))
-    result = _run("--source", f"file:{source}", "--store", "memory", "--max-message-bytes", str(limit),
-                  "--dead-letter", f"jsonl:{letters}", "--sink", f"jsonl:{tmp_path / 'a.jsonl'}")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    [letter] = [orjson.loads(line) for line in letters.read_bytes().splitlines()]
-    assert letter["reason"] == "oversized"
-    assert base64.b64decode(letter["payload_base64"]) == large
-    assert sorted(d["group"]["DeviceId"] for d in _alerts(tmp_path / "a.jsonl")) == ["ok-0", "ok-1"]
-
-
-def _synthetic(tmp_path: Path, name: str, *options: str) -> tuple[dict[str, object], list[dict[str, object]]]:
-    alerts = tmp_path / f"{name}.jsonl"
-    result = _run("--source", "synthetic", "--synthetic-count", "400", "--synthetic-rate", "0", "--store", "memory",
-                  "--sink", f"jsonl:{alerts}", *options)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return _stopped(result.stderr), _alerts(alerts)
-
-
-def test_synthetic_options_shape_the_generated_stream(tmp_path: Path) -> None:
-    """--synthetic-seed makes the stream repeatable, --synthetic-netsupport-ratio sets how much matches,
-    --synthetic-devices bounds the population, --synthetic-count ends the run."""
-    base = ("--synthetic-seed", "7", "--synthetic-netsupport-ratio", "0.05", "--synthetic-devices", "3")
-    stats, alerts = _synthetic(tmp_path, "a", *base)
-    again_stats, again = _synthetic(tmp_path, "b", *base)
-    other_stats, _ = _synthetic(tmp_path, "c", "--synthetic-seed", "8", *base[2:])
-    _, none = _synthetic(tmp_path, "d", "--synthetic-seed", "7", "--synthetic-netsupport-ratio", "0")
-
-    def counts(stats: dict[str, object]) -> tuple[object, ...]:
-        return stats["messages"], stats["matches"], stats["alerts"]
-
-    def devices(alerts: list[dict[str, object]]) -> list[object]:
-        return sorted(a["group"]["DeviceId"] for a in alerts)  # type: ignore[index]
-
-    assert stats["messages"] == 400 and stats["matches"] > 0  # type: ignore[operator]
-    # Timestamps follow the wall clock; the records do not: same counts, same devices.
-    assert (counts(stats), devices(alerts)) == (counts(again_stats), devices(again))
-    assert counts(other_stats) != counts(stats)
-    assert 1 <= len(set(devices(alerts))) <= 3
-    assert none == []
-
-
-def test_shutdown_timeout_bounds_the_drain_of_undeliverable_alerts(tmp_path: Path) -> None:
-    """At the end of a replay whose sink keeps failing, run drains for --shutdown-timeout (1 s, not the default
-    25 s), exits 1 and says the alerts stay in the outbox."""
-    source = tmp_path / "in.ndjson"
-    source.write_bytes(_alerting(1, prefix="stuck")[0] + b"\n")
-    with webhook_receiver(default=503) as receiver:
-        started = time.monotonic()
-        result = _run("--source", f"file:{source}", "--data-dir", str(tmp_path / "data"), "--shutdown-timeout", "1",
-                      "--sink", f"webhook:{receiver.url}", "--webhook-retries", "0")  # fmt: skip
-        elapsed = time.monotonic() - started
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert [e["pending"] for e in _events(result.stderr) if e.get("event") == "undelivered_alerts"] == [1]
-    assert elapsed < 20, f"took {elapsed:.0f} s: the 25 s default was used"
-
-
-# -- the metrics server and the log level ----------------------------------------------------------------------------
-
-
-def test_stdout_sink_prints_one_alert_per_line() -> None:
-    """The default sink, stdout: one JSON alert per line, as many as the run delivered."""
-    result = _run("--source", "synthetic", "--synthetic-count", "200", "--synthetic-rate", "0", "--store", "memory",
-                  "--synthetic-netsupport-ratio", "0.05", "--synthetic-devices", "20")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    alerts = [orjson.loads(line) for line in result.stdout.splitlines()]
-    assert alerts and len(alerts) == _stopped(result.stderr)["alerts"]
-    assert {a["kind"] for a in alerts} <= {"new", "update"}
-
-
-def test_metrics_port_zero_picks_one_and_minus_one_serves_none() -> None:
-    """--metrics-port 0 listens on a free port it logs (and serves there); -1 starts no server at all."""
-    args = ("--source", "synthetic", "--synthetic-count", "5", "--synthetic-rate", "0", "--store", "memory")
-    anywhere = subprocess.run([*RMMWATCH, "run", *args, "--metrics-port", "0", "--metrics-host", "127.0.0.1"],
-                              capture_output=True, timeout=120, check=False)  # fmt: skip
-    assert anywhere.returncode == 0, anywhere.stderr[-3000:]
-    [listening] = [e for e in _events(anywhere.stderr) if e.get("event") == "http_listening"]
-    assert isinstance(listening["port"], int) and listening["port"] > 0
-    none = _run(*args)  # _run passes --metrics-port -1
-    assert none.returncode == 0, none.stderr[-3000:]
-    assert not [e for e in _events(none.stderr) if e.get("event") == "http_listening"]
-
-
-def test_log_level_warning_leaves_out_info_events() -> None:
-    """--log-level warning: the info events (started, stopped) are not written; with info they are."""
-    args = ("--source", "synthetic", "--synthetic-count", "5", "--synthetic-rate", "0", "--store", "memory")
-    events = {}
-    for level in ("warning", "info"):
-        result = _run(*args, "--log-level", level)
-        assert result.returncode == 0, result.stderr[-3000:]
-        events[level] = {str(e.get("event")) for e in _events(result.stderr)}
-    assert {"started", "stopped"} <= events["info"]
-    assert not {"started", "stopped"} & events["warning"]
