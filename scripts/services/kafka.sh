@@ -266,18 +266,17 @@ write_kafka_env() {
 # SSL with the client certificate; SASL_PLAINTEXT with the PLAIN user; MISNAMED
 # without the hostname check. Sets PROBE_ERR on failure.
 probe_listeners() {
-  local t=${1:-5} err probe=(python3 "$KAFKA_SRC/probe.py" --timeout "${1:-5}")
-  err="$("${probe[@]}" --bootstrap "$BIND_HOST:$PORT_PLAINTEXT" 2>&1 >/dev/null)" || {
-    PROBE_ERR="$err"; return 1; }
-  err="$(RMMWATCH_PROBE_PASSWORD="$(connection_string)" "${probe[@]}" --bootstrap "$BIND_HOST:$PORT_SASL" \
-    --protocol SASL_SSL --ca "$CA_PEM" --username "\$ConnectionString" --password-env RMMWATCH_PROBE_PASSWORD \
-    2>&1 >/dev/null)" || { PROBE_ERR="$err"; return 1; }
-  err="$("${probe[@]}" --bootstrap "$BIND_HOST:$PORT_SSL" --protocol SSL --ca "$CA_PEM" \
-    --cert "$TLS_DIR/client.crt" --key "$TLS_DIR/client.key" 2>&1 >/dev/null)" || { PROBE_ERR="$err"; return 1; }
-  err="$(RMMWATCH_PROBE_PASSWORD="$(password_of "$PLAIN_USER")" "${probe[@]}" \
-    --bootstrap "$BIND_HOST:$PORT_SASL_PLAINTEXT" --protocol SASL_PLAINTEXT --username "$PLAIN_USER" \
-    --password-env RMMWATCH_PROBE_PASSWORD 2>&1 >/dev/null)" || { PROBE_ERR="$err"; return 1; }
-  err="$("${probe[@]}" --bootstrap "$BIND_HOST:$PORT_MISNAMED" --protocol SSL --ca "$CA_PEM" --no-check-hostname \
+  local t=${1:-5} err
+  err="$(RMMWATCH_PROBE_PASSWORD="$(connection_string)" RMMWATCH_PROBE_PLAIN_PASSWORD="$(password_of "$PLAIN_USER")" \
+    python3 "$KAFKA_SRC/probe.py" \
+      --timeout "$t" --bootstrap "$BIND_HOST:$PORT_PLAINTEXT" \
+    --and --timeout "$t" --bootstrap "$BIND_HOST:$PORT_SASL" --protocol SASL_SSL --ca "$CA_PEM" \
+      --username "\$ConnectionString" --password-env RMMWATCH_PROBE_PASSWORD \
+    --and --timeout "$t" --bootstrap "$BIND_HOST:$PORT_SSL" --protocol SSL --ca "$CA_PEM" \
+      --cert "$TLS_DIR/client.crt" --key "$TLS_DIR/client.key" \
+    --and --timeout "$t" --bootstrap "$BIND_HOST:$PORT_SASL_PLAINTEXT" --protocol SASL_PLAINTEXT \
+      --username "$PLAIN_USER" --password-env RMMWATCH_PROBE_PLAIN_PASSWORD \
+    --and --timeout "$t" --bootstrap "$BIND_HOST:$PORT_MISNAMED" --protocol SSL --ca "$CA_PEM" --no-check-hostname \
     2>&1 >/dev/null)" || { PROBE_ERR="$err"; return 1; }
   return 0
 }

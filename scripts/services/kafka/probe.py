@@ -12,9 +12,11 @@ dialled.
   probe.py --bootstrap 127.0.0.1:9093 --protocol SASL_SSL --ca ca.pem \
       --username '$ConnectionString' --password-env SOME_VAR
   probe.py --bootstrap 127.0.0.1:9094 --protocol SSL --ca ca.pem --cert c.crt --key c.key
+  probe.py --bootstrap 127.0.0.1:9092 --and --bootstrap 127.0.0.1:9094 ...   (several, one process)
 
-Exit 0 and one line on stdout when the listener serves; exit 1 with the
-reason on stderr otherwise (exit 2 for an authentication failure).
+Exit 0 and one line per listener on stdout when they all serve; exit 1 with
+the first failure's reason on stderr otherwise (exit 2 for an authentication
+failure).
 """
 
 from __future__ import annotations
@@ -169,7 +171,8 @@ def probe(args: argparse.Namespace) -> str:
         raw.close()
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """Probe every listener given (groups of options separated by ``--and``); stop at the first that fails."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--protocol", default="PLAINTEXT", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
@@ -181,17 +184,24 @@ def main() -> int:
     ap.add_argument("--username", default="$ConnectionString")
     ap.add_argument("--password-env")
     ap.add_argument("--timeout", type=float, default=5.0)
-    args = ap.parse_args()
-    try:
-        print(probe(args))
-        return 0
-    except AuthError as e:
-        print(f"probe {args.bootstrap}: {e}", file=sys.stderr)
-        return 2
-    except (OSError, ProbeError, struct.error, ValueError) as e:
-        print(f"probe {args.bootstrap}: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    groups: list[list[str]] = [[]]
+    for arg in argv:
+        if arg == "--and":
+            groups.append([])
+        else:
+            groups[-1].append(arg)
+    for group in groups:
+        args = ap.parse_args(group)
+        try:
+            print(probe(args))
+        except AuthError as e:
+            print(f"probe {args.bootstrap}: {e}", file=sys.stderr)
+            return 2
+        except (OSError, ProbeError, struct.error, ValueError) as e:
+            print(f"probe {args.bootstrap}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
