@@ -378,33 +378,35 @@ def test_stdout_sink_prints_one_alert_per_line() -> None:
 
 # -- backpressure ----------------------------------------------------------------------------------------------------
 
-MAX_PENDING, BATCH, MESSAGES = 5, 10, 300
 #: Batches that may still be applied once the outbox is full (app.py's pipeline): the one whose alerts filled it, up
 #: to two more applied with it in one group commit, two queued between the stages, one decoded and waiting for the
 #: queue, one prefetched. Measured here: at most 6 (in the --batch-max-messages and limit pairs tried).
 IN_FLIGHT_BATCHES = 7
 
 
-def test_max_pending_alerts_pauses_reading_within_its_bound(tmp_path: Path, detectors: DetectorFactory) -> None:
+@pytest.mark.parametrize(("limit", "batch", "messages"), [(5, 10, 300)])
+def test_max_pending_alerts_pauses_reading_within_its_bound(
+    limit: int, batch: int, messages: int, tmp_path: Path, detectors: DetectorFactory
+) -> None:
     """While the sink fails, reading stops once --max-pending-alerts wait: the outbox holds at most that many minus
     one plus IN_FLIGHT_BATCHES batches' alerts (one alert per message here); when the sink recovers, all go."""
     source = tmp_path / "in.ndjson"
-    source.write_bytes(b"".join(m + b"\n" for m in _alerting(MESSAGES, prefix="bp")))
-    bound = MAX_PENDING - 1 + IN_FLIGHT_BATCHES * BATCH
+    source.write_bytes(b"".join(m + b"\n" for m in _alerting(messages, prefix="bp")))
+    bound = limit - 1 + IN_FLIGHT_BATCHES * batch
     with webhook_receiver(default=503) as receiver:
         detector = detectors("--source", f"file:{source}", "--data-dir", str(tmp_path / "data"),
                              "--sink", f"webhook:{receiver.url}", "--webhook-retries", "0",
-                             "--max-pending-alerts", str(MAX_PENDING), "--batch-max-messages", str(BATCH),
+                             "--max-pending-alerts", str(limit), "--batch-max-messages", str(batch),
                              "--tick-interval", "0.2")  # fmt: skip
-        wait_until(lambda: detector.metric("rmmwatch_outbox_pending") >= MAX_PENDING, 60, "the outbox to fill")
-        time.sleep(2)  # a reader that does not pause keeps going meanwhile (300 messages take well under 2 s)
+        wait_until(lambda: detector.metric("rmmwatch_outbox_alerts_total") >= limit, 60, "the outbox to fill")
+        time.sleep(2)  # a reader that does not pause reads on meanwhile (here: everything, in well under 2 s)
         created, read = detector.metric("rmmwatch_outbox_alerts_total"), detector.metric("rmmwatch_messages_total")
-        assert MAX_PENDING <= created <= bound, (created, bound)
-        assert read < MESSAGES
+        assert limit <= created <= bound, (created, bound)
+        assert read < messages
         receiver.default = 200
         wait_until(lambda: detector.process.poll() is not None, 120, "the replay to finish once the sink recovers")
     assert detector.process.returncode == 0, detector.logs()[-3000:]
-    assert len({f"{d['alert_id']}" for d in receiver.delivered()}) == MESSAGES
+    assert len({f"{d['alert_id']}" for d in receiver.delivered()}) == messages
 
 
 # -- operations ------------------------------------------------------------------------------------------------------
