@@ -215,7 +215,6 @@ _API_METADATA = 3
 _API_SASL_HANDSHAKE = 17
 _API_VERSIONS = 18
 _API_SASL_AUTHENTICATE = 36
-_ILLEGAL_SASL_STATE = 34
 _UNSUPPORTED_SASL_MECHANISM = 33
 
 
@@ -360,7 +359,7 @@ def _authenticate(wire: _Wire, settings: KafkaSettings) -> None:
         raise _Refused(
             f"the broker does not enable SASL mechanism {mechanism} (it offers {', '.join(offered) or 'none'})"
         )
-    if error == _ILLEGAL_SASL_STATE or error:
+    if error:
         raise _Refused(f"the broker refused the SASL handshake (error code {error})")
     if mechanism == "OAUTHBEARER" or not settings.sasl_username or settings.sasl_password is None:
         return  # a token provider is the client's to call: the mechanism is all this checks
@@ -430,29 +429,31 @@ def _probe(settings: KafkaSettings, host: str, port: int) -> None:
 def diagnose_connection(settings: KafkaSettings) -> str | None:
     """Why the bootstrap servers refuse these settings (blocking, a few seconds at most), or None.
 
-    None when every step worked on the first servers tried: then the client's own error is the
-    better description (a topic, a group, a timeout the brokers caused).
+    Up to three bootstrap servers are tried in turn; the first that takes every step ends the
+    diagnosis with None (these settings work there, so the client's own error is the better
+    description: a topic, a group, a timeout the brokers caused). Otherwise the first refusal.
     """
+    first: str | None = None
     for host, port in _first_servers(settings.bootstrap_servers):
         try:
             _probe(settings, host, port)
+            return None
         except _Refused as refused:
-            return redactor.redact(str(refused))
+            reason = str(refused)
         except (OSError, ValueError, ConfigError) as exc:
-            return redactor.redact(f"{type(exc).__name__}: {exc}")
-    return None
+            reason = f"{type(exc).__name__}: {exc}"
+        first = first or redactor.redact(reason)
+    return first
 
 
 def connection_target(settings: KafkaSettings) -> str:
     """Where and as whom a client connects: ``host:port (SASL_SSL, SASL PLAIN as user)``."""
-    sasl = (
-        f", SASL {settings.sasl_mechanism} as {settings.sasl_username}"
-        if settings.security_protocol.startswith("SASL") and settings.sasl_mechanism != "OAUTHBEARER"
-        else f", SASL {settings.sasl_mechanism}"
-        if settings.security_protocol.startswith("SASL")
-        else ""
-    )
-    return f"{settings.bootstrap_servers} ({settings.security_protocol}{sasl})"
+    how = settings.security_protocol
+    if how.startswith("SASL"):
+        how += f", SASL {settings.sasl_mechanism}"
+        if settings.sasl_mechanism != "OAUTHBEARER":
+            how += f" as {settings.sasl_username}"
+    return f"{settings.bootstrap_servers} ({how})"
 
 
 async def connect_failure(settings: KafkaSettings, client_error: str) -> str:
