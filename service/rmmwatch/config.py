@@ -281,8 +281,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--sqlite-synchronous",
-        "sqlite durability: full (survives power loss), normal (survives a crash) or extra "
-        "(SQLite's EXTRA: the same as full under the WAL journal rmmwatch uses)",
+        "sqlite durability: full (survives power loss) or normal (survives a crash)",
         "full",
         choices=("full", "normal", "extra"),
         group="state",
@@ -312,8 +311,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--max-pending-alerts",
-        "stop reading input once this many alerts wait for delivery; the batches already read are still applied "
-        "(up to 7 x --batch-max-messages messages' alerts more). Values above 500 never pause today (docs/options.md)",
+        "stop reading input while this many alerts wait for delivery",
         10_000,
         int,
         group="alerts",
