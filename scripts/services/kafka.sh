@@ -4,14 +4,24 @@
 #
 # Jars come from Maven Central (scripts/services/kafka/pom.xml) into
 # ${RMMWATCH_CACHE:-~/.cache/rmmwatch}/kafka-<version>/libs, fetched once.
-# Listeners, all on 127.0.0.1:
-#   PLAINTEXT  RMMWATCH_TEST_KAFKA_BOOTSTRAP
-#   SASL_SSL   RMMWATCH_TEST_KAFKA_SASL_BOOTSTRAP, mechanism PLAIN, user
-#              '$ConnectionString' / password = an Event Hubs style connection
-#              string, exactly like the Azure Event Hubs Kafka endpoint
-#   CONTROLLER (KRaft, internal)
-# State (data, certs, secret, ports) lives in <services dir>/kafka* and is kept
-# across restart. Writes <services dir>/kafka.env.
+# Listeners, all on 127.0.0.1 (certificates: lib.sh's test PKI, <services dir>/tls):
+#   PLAINTEXT       RMMWATCH_TEST_KAFKA_BOOTSTRAP
+#   SASL_SSL        RMMWATCH_TEST_KAFKA_SASL_BOOTSTRAP: user '$ConnectionString' /
+#                   password = an Event Hubs style connection string (PLAIN), exactly
+#                   like the Azure Event Hubs Kafka endpoint; and the users below
+#   SSL             RMMWATCH_TEST_KAFKA_SSL_BOOTSTRAP: mutual TLS, a client certificate
+#                   of the test CA required
+#   SASL_PLAINTEXT  RMMWATCH_TEST_KAFKA_SASL_PLAINTEXT_BOOTSTRAP: the users below
+#   MISNAMED        RMMWATCH_TEST_KAFKA_MISNAMED_BOOTSTRAP: SSL without client
+#                   certificates, server certificate for broker.invalid only (a
+#                   hostname mismatch for a client that dials 127.0.0.1)
+#   CONTROLLER      (KRaft, internal)
+# Users of both SASL listeners: rmmwatch-plain (PLAIN), rmmwatch-scram256
+# (SCRAM-SHA-256) and rmmwatch-scram512 (SCRAM-SHA-512), the SCRAM ones made by
+# StorageTool format --add-scram, random passwords; OAUTHBEARER with Kafka's
+# unsecured validator (an unsigned JWS with a sub claim).
+# State (data, secrets, ports) lives in <services dir>/kafka* and is kept across
+# restart. Writes <services dir>/kafka.env.
 set -euo pipefail
 SVC_NAME=kafka
 # shellcheck source=scripts/services/lib.sh
@@ -28,17 +38,22 @@ KAFKA_SRC="$SERVICES_SCRIPT_DIR/kafka"
 KAFKA_HOME="$CACHE_DIR/kafka-$KAFKA_VERSION"
 STATE="$SERVICES_DIR/kafka"
 DATA="$STATE/data"
-TLS="$STATE/tls"
 CONF="$STATE/server.properties"
 PIDFILE="$SERVICES_DIR/$NAME.pid"
 LOGFILE="$SERVICES_DIR/$NAME.log"   # log4j2 broker log
 OUTFILE="$SERVICES_DIR/$NAME.out"   # JVM stdout/stderr, storage format output
 MARKER="$CONF"                      # the broker's command line contains its config path
-CA_PEM="$TLS/ca.pem"
-KEYSTORE_PEM="$TLS/server-keystore.pem"
+CA_PEM="$TLS_DIR/ca.pem"
+KEYSTORE_PEM="$TLS_DIR/server-keystore.pem"
+MISNAMED_KEYSTORE_PEM="$TLS_DIR/misnamed-keystore.pem"
 SECRET_FILE="$STATE/shared-access-key"
+PLAIN_USER=rmmwatch-plain
+SCRAM256_USER=rmmwatch-scram256
+SCRAM512_USER=rmmwatch-scram512
+SCRAM_STAMP="$DATA/rmmwatch-scram-users"  # written once format made the SCRAM users
 CLUSTER_ID_FILE="$STATE/cluster.id"
 EVENTHUBS_HOST="rmmwatch-test.servicebus.windows.net"
+PORT_KEYS=(PLAINTEXT SASL SSL SASL_PLAINTEXT MISNAMED CONTROLLER)
 
 # ---------------------------------------------------------------- prerequisites
 
@@ -91,50 +106,26 @@ ensure_jars() {
   mv "$tmp" "$KAFKA_HOME"
 }
 
-# Self-signed CA + server cert (SAN: localhost, 127.0.0.1), made once.
-ensure_tls() {
-  [[ -s "$CA_PEM" && -s "$KEYSTORE_PEM" ]] && return 0
-  command -v openssl >/dev/null 2>&1 || die "openssl is required to make the test certificates"
-  log "creating a test CA and server certificate in $TLS"
-  rm -rf "$TLS"
-  mkdir -p "$TLS"
-  local olog="$TLS/openssl.log"
-  {
-    openssl req -x509 -new -nodes -newkey rsa:2048 -sha256 -days 3650 \
-      -keyout "$TLS/ca.key" -out "$CA_PEM" -subj "/CN=rmmwatch test CA" \
-      -addext "basicConstraints=critical,CA:TRUE" \
-      -addext "keyUsage=critical,keyCertSign,cRLSign" \
-      -addext "subjectKeyIdentifier=hash"
-    openssl req -new -nodes -newkey rsa:2048 -sha256 \
-      -keyout "$TLS/server.key" -out "$TLS/server.csr" -subj "/CN=localhost"
-    printf '%s\n' \
-      "basicConstraints=critical,CA:FALSE" \
-      "keyUsage=critical,digitalSignature,keyEncipherment" \
-      "extendedKeyUsage=serverAuth" \
-      "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-      "subjectKeyIdentifier=hash" \
-      "authorityKeyIdentifier=keyid,issuer" >"$TLS/server.ext"
-    openssl x509 -req -sha256 -days 3650 -in "$TLS/server.csr" \
-      -CA "$CA_PEM" -CAkey "$TLS/ca.key" -CAcreateserial \
-      -extfile "$TLS/server.ext" -out "$TLS/server.crt"
-    # Kafka's PEM keystore wants an unencrypted PKCS#8 key followed by the chain.
-    openssl pkcs8 -topk8 -nocrypt -in "$TLS/server.key" -out "$TLS/server.pk8"
-  } >"$olog" 2>&1 || { show_log_tail "$olog"; die "openssl failed (log: $olog)"; }
-  cat "$TLS/server.pk8" "$TLS/server.crt" "$CA_PEM" >"$KEYSTORE_PEM.tmp"
-  chmod 600 "$KEYSTORE_PEM.tmp" "$TLS/ca.key" "$TLS/server.key" "$TLS/server.pk8"
-  mv "$KEYSTORE_PEM.tmp" "$KEYSTORE_PEM"
-}
-
 ensure_secret() {
   if [[ ! -s "$SECRET_FILE" ]]; then
     (umask 077 && openssl rand -base64 32 >"$SECRET_FILE.tmp")
     mv "$SECRET_FILE.tmp" "$SECRET_FILE"
   fi
+  local user
+  for user in "$PLAIN_USER" "$SCRAM256_USER" "$SCRAM512_USER"; do
+    # Hex: safe inside JAAS quotes and StorageTool's [name=...,password=...] syntax.
+    if [[ ! -s "$STATE/$user.password" ]]; then
+      (umask 077 && openssl rand -hex 16 >"$STATE/$user.password.tmp")
+      mv "$STATE/$user.password.tmp" "$STATE/$user.password"
+    fi
+  done
   if [[ ! -s "$CLUSTER_ID_FILE" ]]; then
     # A Kafka Uuid: 16 random bytes, URL-safe base64 without padding.
     openssl rand -base64 16 | tr '+/' '-_' | tr -d '=\n' >"$CLUSTER_ID_FILE"
   fi
 }
+
+password_of() { tr -d '\n' <"$STATE/$1.password"; }
 
 connection_string() {
   printf 'Endpoint=sb://%s/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=%s' \
@@ -142,9 +133,8 @@ connection_string() {
 }
 
 write_config() {
-  local conn
+  local conn listener l
   conn="$(connection_string)"
-  # '$ConnectionString' is literal text: single-quoted printf arguments only.
   {
     printf '%s\n' \
       "# Generated by scripts/services/kafka.sh; rewritten on every start." \
@@ -152,20 +142,39 @@ write_config() {
       "node.id=1" \
       "controller.quorum.voters=1@$BIND_HOST:$PORT_CONTROLLER" \
       "controller.listener.names=CONTROLLER" \
-      "listeners=PLAINTEXT://$BIND_HOST:$PORT_PLAINTEXT,SASL_SSL://$BIND_HOST:$PORT_SASL,CONTROLLER://$BIND_HOST:$PORT_CONTROLLER" \
-      "advertised.listeners=PLAINTEXT://$BIND_HOST:$PORT_PLAINTEXT,SASL_SSL://$BIND_HOST:$PORT_SASL" \
-      "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL" \
+      "listeners=PLAINTEXT://$BIND_HOST:$PORT_PLAINTEXT,SASL_SSL://$BIND_HOST:$PORT_SASL,SSL://$BIND_HOST:$PORT_SSL,SASL_PLAINTEXT://$BIND_HOST:$PORT_SASL_PLAINTEXT,MISNAMED://$BIND_HOST:$PORT_MISNAMED,CONTROLLER://$BIND_HOST:$PORT_CONTROLLER" \
+      "advertised.listeners=PLAINTEXT://$BIND_HOST:$PORT_PLAINTEXT,SASL_SSL://$BIND_HOST:$PORT_SASL,SSL://$BIND_HOST:$PORT_SSL,SASL_PLAINTEXT://$BIND_HOST:$PORT_SASL_PLAINTEXT,MISNAMED://$BIND_HOST:$PORT_MISNAMED" \
+      "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,MISNAMED:SSL" \
       "inter.broker.listener.name=PLAINTEXT" \
       "" \
-      "# SASL_SSL listener: PLAIN over TLS, like the Event Hubs Kafka endpoint." \
-      "sasl.enabled.mechanisms=PLAIN" \
-      "listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN" \
+      "# SASL_SSL: PLAIN over TLS like the Event Hubs Kafka endpoint, plus SCRAM and OAUTHBEARER." \
       "listener.name.sasl_ssl.ssl.keystore.type=PEM" \
       "listener.name.sasl_ssl.ssl.keystore.location=$KEYSTORE_PEM" \
-      "listener.name.sasl_ssl.ssl.client.auth=none"
-    # shellcheck disable=SC2016  # the '$' is meant literally
-    printf 'listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required %s="%s";\n' \
-      'user_$ConnectionString' "$conn"
+      "listener.name.sasl_ssl.ssl.client.auth=none" \
+      "# SSL: mutual TLS, the client's certificate must come from the test CA." \
+      "listener.name.ssl.ssl.keystore.type=PEM" \
+      "listener.name.ssl.ssl.keystore.location=$KEYSTORE_PEM" \
+      "listener.name.ssl.ssl.truststore.type=PEM" \
+      "listener.name.ssl.ssl.truststore.location=$CA_PEM" \
+      "listener.name.ssl.ssl.client.auth=required" \
+      "# MISNAMED: TLS whose certificate names broker.invalid only." \
+      "listener.name.misnamed.ssl.keystore.type=PEM" \
+      "listener.name.misnamed.ssl.keystore.location=$MISNAMED_KEYSTORE_PEM" \
+      "listener.name.misnamed.ssl.client.auth=none" \
+      "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER"
+    for listener in SASL_SSL SASL_PLAINTEXT; do
+      l="listener.name.${listener,,}"
+      printf '%s\n' "$l.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER"
+      # '$ConnectionString' is literal text: single-quoted printf arguments only.
+      # shellcheck disable=SC2016  # the '$' is meant literally
+      printf '%s.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required %s="%s" user_%s="%s";\n' \
+        "$l" 'user_$ConnectionString' "$conn" "$PLAIN_USER" "$(password_of "$PLAIN_USER")"
+      printf '%s\n' \
+        "$l.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;" \
+        "$l.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;" \
+        "$l.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub=\"rmmwatch-broker\";" \
+        "$l.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.internals.unsecured.OAuthBearerUnsecuredValidatorCallbackHandler"
+    done
     printf '%s\n' \
       "" \
       "log.dirs=$DATA" \
@@ -206,17 +215,24 @@ java_cmd() {
 }
 
 format_storage() {
-  [[ -f "$DATA/meta.properties" ]] && return 0
-  log "formatting KRaft storage in $DATA (cluster id $(cat "$CLUSTER_ID_FILE"))"
+  if [[ -f "$DATA/meta.properties" ]]; then
+    [[ -f "$SCRAM_STAMP" ]] && return 0
+    # SCRAM users are made by format only: a data dir formatted by an older kafka.sh has none.
+    die "$DATA was formatted without the SCRAM test users: stop Kafka, remove $DATA (test data only) and start again"
+  fi
+  log "formatting KRaft storage in $DATA (cluster id $(cat "$CLUSTER_ID_FILE")) with the SCRAM users"
   mkdir -p "$DATA"
   local -a cmd
   mapfile -d '' cmd < <(java_cmd kafka.tools.StorageTool format \
-    --cluster-id "$(cat "$CLUSTER_ID_FILE")" --config "$CONF" --ignore-formatted)
+    --cluster-id "$(cat "$CLUSTER_ID_FILE")" --config "$CONF" --ignore-formatted \
+    --add-scram "SCRAM-SHA-256=[name=$SCRAM256_USER,password=$(password_of "$SCRAM256_USER")]" \
+    --add-scram "SCRAM-SHA-512=[name=$SCRAM512_USER,password=$(password_of "$SCRAM512_USER")]")
   printf '== %s storage format\n' "$(date '+%F %T')" >>"$OUTFILE"
   if ! timeout --kill-after=10 120 "${cmd[@]}" </dev/null >>"$OUTFILE" 2>&1; then
     show_log_tail "$OUTFILE"
     die "kafka.tools.StorageTool format failed (see $OUTFILE)"
   fi
+  printf '%s %s\n' "$SCRAM256_USER" "$SCRAM512_USER" >"$SCRAM_STAMP"
 }
 
 write_kafka_env() {
@@ -226,20 +242,42 @@ write_kafka_env() {
     "RMMWATCH_TEST_KAFKA_SASL_CA=$CA_PEM" \
     "RMMWATCH_TEST_KAFKA_SASL_USERNAME=\$ConnectionString" \
     "RMMWATCH_TEST_EVENTHUBS_CONNECTION_STRING=$(connection_string)" \
+    "RMMWATCH_TEST_KAFKA_SSL_BOOTSTRAP=$BIND_HOST:$PORT_SSL" \
+    "RMMWATCH_TEST_KAFKA_SASL_PLAINTEXT_BOOTSTRAP=$BIND_HOST:$PORT_SASL_PLAINTEXT" \
+    "RMMWATCH_TEST_KAFKA_MISNAMED_BOOTSTRAP=$BIND_HOST:$PORT_MISNAMED" \
+    "RMMWATCH_TEST_KAFKA_PLAIN_USERNAME=$PLAIN_USER" \
+    "RMMWATCH_TEST_KAFKA_PLAIN_PASSWORD=$(password_of "$PLAIN_USER")" \
+    "RMMWATCH_TEST_KAFKA_SCRAM_SHA_256_USERNAME=$SCRAM256_USER" \
+    "RMMWATCH_TEST_KAFKA_SCRAM_SHA_256_PASSWORD=$(password_of "$SCRAM256_USER")" \
+    "RMMWATCH_TEST_KAFKA_SCRAM_SHA_512_USERNAME=$SCRAM512_USER" \
+    "RMMWATCH_TEST_KAFKA_SCRAM_SHA_512_PASSWORD=$(password_of "$SCRAM512_USER")" \
+    "RMMWATCH_TEST_TLS_CA=$CA_PEM" \
+    "RMMWATCH_TEST_TLS_CLIENT_CERT=$TLS_DIR/client.crt" \
+    "RMMWATCH_TEST_TLS_CLIENT_KEY=$TLS_DIR/client.key" \
+    "RMMWATCH_TEST_TLS_OTHER_CA=$TLS_DIR/other-ca.pem" \
+    "RMMWATCH_TEST_TLS_OTHER_CLIENT_CERT=$TLS_DIR/other-client.crt" \
+    "RMMWATCH_TEST_TLS_OTHER_CLIENT_KEY=$TLS_DIR/other-client.key" \
     "RMMWATCH_TEST_KAFKA_HOME=$KAFKA_HOME" \
     "RMMWATCH_TEST_KAFKA_LOG=$LOGFILE"
 }
 
-# probe_listeners TIMEOUT_PER_TRY: a real ApiVersions + Metadata round trip on
-# PLAINTEXT, and TLS + SASL/PLAIN + Metadata on SASL_SSL.
+# probe_listeners TIMEOUT_PER_TRY: a real round trip (ApiVersions, authentication,
+# Metadata) on every listener: PLAINTEXT; SASL_SSL with the Event Hubs user;
+# SSL with the client certificate; SASL_PLAINTEXT with the PLAIN user; MISNAMED
+# without the hostname check. Sets PROBE_ERR on failure.
 probe_listeners() {
   local t=${1:-5} err
-  err="$(python3 "$KAFKA_SRC/probe.py" --timeout "$t" --bootstrap "$BIND_HOST:$PORT_PLAINTEXT" 2>&1 >/dev/null)" || {
-    PROBE_ERR="$err"; return 1; }
-  err="$(RMMWATCH_PROBE_PASSWORD="$(connection_string)" python3 "$KAFKA_SRC/probe.py" --timeout "$t" \
-    --bootstrap "$BIND_HOST:$PORT_SASL" --sasl-ssl --ca "$CA_PEM" \
-    --username "\$ConnectionString" --password-env RMMWATCH_PROBE_PASSWORD 2>&1 >/dev/null)" || {
-    PROBE_ERR="$err"; return 1; }
+  err="$(RMMWATCH_PROBE_PASSWORD="$(connection_string)" RMMWATCH_PROBE_PLAIN_PASSWORD="$(password_of "$PLAIN_USER")" \
+    python3 "$KAFKA_SRC/probe.py" \
+      --timeout "$t" --bootstrap "$BIND_HOST:$PORT_PLAINTEXT" \
+    --and --timeout "$t" --bootstrap "$BIND_HOST:$PORT_SASL" --protocol SASL_SSL --ca "$CA_PEM" \
+      --username "\$ConnectionString" --password-env RMMWATCH_PROBE_PASSWORD \
+    --and --timeout "$t" --bootstrap "$BIND_HOST:$PORT_SSL" --protocol SSL --ca "$CA_PEM" \
+      --cert "$TLS_DIR/client.crt" --key "$TLS_DIR/client.key" \
+    --and --timeout "$t" --bootstrap "$BIND_HOST:$PORT_SASL_PLAINTEXT" --protocol SASL_PLAINTEXT \
+      --username "$PLAIN_USER" --password-env RMMWATCH_PROBE_PLAIN_PASSWORD \
+    --and --timeout "$t" --bootstrap "$BIND_HOST:$PORT_MISNAMED" --protocol SSL --ca "$CA_PEM" --no-check-hostname \
+    2>&1 >/dev/null)" || { PROBE_ERR="$err"; return 1; }
   return 0
 }
 
@@ -251,7 +289,7 @@ do_start() {
   ensure_dirs
   lock_service "$NAME"
   mkdir -p "$STATE"
-  load_ports "$NAME" PLAINTEXT SASL CONTROLLER
+  load_ports "$NAME" "${PORT_KEYS[@]}"
   ensure_secret
   if is_running; then
     if probe_listeners 5; then
@@ -266,14 +304,16 @@ do_start() {
   local t0=$SECONDS
   check_java
   ensure_jars
-  ensure_tls
-  check_port_free "$PORT_PLAINTEXT" "kafka PLAINTEXT"
-  check_port_free "$PORT_SASL" "kafka SASL_SSL"
-  check_port_free "$PORT_CONTROLLER" "kafka CONTROLLER"
+  ensure_test_pki
+  local key
+  for key in "${PORT_KEYS[@]}"; do
+    local port_var="PORT_$key"
+    check_port_free "${!port_var}" "kafka $key"
+  done
   write_config
   format_storage
 
-  log "starting Kafka $KAFKA_VERSION: PLAINTEXT $BIND_HOST:$PORT_PLAINTEXT, SASL_SSL $BIND_HOST:$PORT_SASL, controller $BIND_HOST:$PORT_CONTROLLER (log: $LOGFILE)"
+  log "starting Kafka $KAFKA_VERSION: PLAINTEXT $BIND_HOST:$PORT_PLAINTEXT, SASL_SSL $BIND_HOST:$PORT_SASL, SSL $BIND_HOST:$PORT_SSL, SASL_PLAINTEXT $BIND_HOST:$PORT_SASL_PLAINTEXT, MISNAMED $BIND_HOST:$PORT_MISNAMED, controller $BIND_HOST:$PORT_CONTROLLER (log: $LOGFILE)"
   local -a cmd
   mapfile -d '' cmd < <(java_cmd kafka.Kafka "$CONF")
   printf '== %s broker start\n' "$(date '+%F %T')" >>"$OUTFILE"
@@ -282,8 +322,11 @@ do_start() {
 
   # The timeout counts from the JVM launch (a first-time jar fetch has its own).
   local deadline=$((SECONDS + START_TIMEOUT))
-  wait_for_port "$PORT_PLAINTEXT" "$START_TIMEOUT" "$PIDFILE" "$MARKER" "$LOGFILE"
-  wait_for_port "$PORT_SASL" $((deadline - SECONDS > 1 ? deadline - SECONDS : 1)) "$PIDFILE" "$MARKER" "$LOGFILE"
+  for key in "${PORT_KEYS[@]}"; do
+    [[ "$key" == CONTROLLER ]] && continue
+    port_var="PORT_$key"
+    wait_for_port "${!port_var}" $((deadline - SECONDS > 1 ? deadline - SECONDS : 1)) "$PIDFILE" "$MARKER" "$LOGFILE"
+  done
   PROBE_ERR=""
   until probe_listeners 5; do
     if ! is_running; then
@@ -315,9 +358,9 @@ do_status() {
     log "stopped"
     return 3
   fi
-  load_ports "$NAME" PLAINTEXT SASL CONTROLLER
+  load_ports "$NAME" "${PORT_KEYS[@]}"
   if probe_listeners 5; then
-    log "running (pid $(read_pid "$PIDFILE")): PLAINTEXT $BIND_HOST:$PORT_PLAINTEXT, SASL_SSL $BIND_HOST:$PORT_SASL"
+    log "running (pid $(read_pid "$PIDFILE")): PLAINTEXT $BIND_HOST:$PORT_PLAINTEXT, SASL_SSL $BIND_HOST:$PORT_SASL, SSL $BIND_HOST:$PORT_SSL, SASL_PLAINTEXT $BIND_HOST:$PORT_SASL_PLAINTEXT, MISNAMED $BIND_HOST:$PORT_MISNAMED"
     print_env "$NAME"
     return 0
   fi

@@ -247,6 +247,81 @@ stop_pid() {
   log "$name stopped"
 }
 
+# ---------------------------------------------------------------- test PKI
+
+# The certificates every TLS test service uses, made once per services dir in
+# <services dir>/tls (EC P-256 keys: quick to make):
+#   ca.pem/ca.key                 "rmmwatch test CA", the CA clients trust
+#   server.crt/server.key         SAN localhost, 127.0.0.1 (Kafka's TLS listeners, Redis TLS)
+#   server-keystore.pem           PKCS#8 key + chain, the form Kafka's PEM keystore takes
+#   misnamed.crt/.key, misnamed-keystore.pem
+#                                 signed by the test CA, SAN only DNS:broker.invalid: a
+#                                 client dialling 127.0.0.1 sees a hostname mismatch
+#   client.crt/client.key         client certificate (EKU clientAuth) of the test CA
+#   other-ca.pem, other-client.crt/.key
+#                                 a second, unrelated CA and a client certificate it signed
+TLS_DIR="$SERVICES_DIR/tls"
+
+ensure_test_pki() {
+  [[ -f "$TLS_DIR/.complete" ]] && return 0
+  command -v openssl >/dev/null 2>&1 || die "openssl is required to make the test certificates"
+  # fd 6, closed again below: a service spawned later must not inherit this lock.
+  if command -v flock >/dev/null 2>&1; then
+    exec 6>"$SERVICES_DIR/tls.lock"
+    flock -w 60 6 || die "timed out waiting for $SERVICES_DIR/tls.lock"
+  fi
+  if [[ ! -f "$TLS_DIR/.complete" ]]; then
+    log "creating the test CAs and certificates in $TLS_DIR"
+    local tmp="$TLS_DIR.tmp.$$"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    if ! (cd "$tmp" && _make_pki) >"$SERVICES_DIR/tls-openssl.log" 2>&1; then
+      show_log_tail "$SERVICES_DIR/tls-openssl.log"
+      rm -rf "$tmp"
+      exec 6>&-
+      die "openssl failed (log: $SERVICES_DIR/tls-openssl.log)"
+    fi
+    rm -rf "$TLS_DIR"
+    mv "$tmp" "$TLS_DIR"
+  fi
+  exec 6>&-
+}
+
+# _make_pki: in the current directory. Every step checks its status itself: errexit
+# does not apply inside a command whose status is tested (the caller's `if !`).
+_make_pki() {
+  local key=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+  _ca ca "rmmwatch test CA" || return 1
+  _ca other-ca "rmmwatch other CA" || return 1
+  _leaf server ca localhost serverAuth "DNS:localhost,IP:127.0.0.1" || return 1
+  _leaf misnamed ca broker.invalid serverAuth "DNS:broker.invalid" || return 1
+  _leaf client ca rmmwatch-client clientAuth "" || return 1
+  _leaf other-client other-ca rmmwatch-client clientAuth "" || return 1
+  # Kafka's PEM keystore wants an unencrypted PKCS#8 key (what `req -nodes` writes) followed
+  # by the chain.
+  cat server.key server.crt ca.pem >server-keystore.pem || return 1
+  cat misnamed.key misnamed.crt ca.pem >misnamed-keystore.pem || return 1
+  chmod 600 ./*.key ./*-keystore.pem || return 1
+  rm -f ./*.srl
+  openssl verify -CAfile ca.pem server.crt misnamed.crt client.crt || return 1
+  openssl verify -CAfile other-ca.pem other-client.crt || return 1
+  date '+%F %T' >.complete
+}
+_ca() {  # NAME CN
+  openssl req -x509 -new "${key[@]}" -sha256 -days 3650 -keyout "$1.key" -out "$1.pem" -subj "/CN=$2" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -addext "subjectKeyIdentifier=hash"
+}
+_leaf() {  # NAME CA CN EXTENDED-USAGE SAN
+  openssl req -new "${key[@]}" -sha256 -keyout "$1.key" -out "$1.csr" -subj "/CN=$3" || return 1
+  printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+    "extendedKeyUsage=$4" "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid,issuer" >"$1.ext"
+  [[ -z "$5" ]] || printf 'subjectAltName=%s\n' "$5" >>"$1.ext"
+  openssl x509 -req -sha256 -days 3650 -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial \
+    -extfile "$1.ext" -out "$1.crt" || return 1
+  rm -f "$1.csr" "$1.ext"
+}
+
 # ---------------------------------------------------------------- env files
 
 # write_env NAME VAR=VALUE...: write <services dir>/NAME.env as

@@ -2,16 +2,21 @@
 """Readiness probe for the test Kafka broker, standard library only.
 
 Speaks just enough of the Kafka protocol to prove a listener really serves:
-ApiVersions, then (SASL_SSL only) a TLS handshake trusting --ca with hostname
-check, SaslHandshake(PLAIN) and SaslAuthenticate, then a Metadata request
-whose broker list must advertise the same host:port that was dialled.
+for SSL and SASL_SSL a TLS handshake trusting --ca (hostname checked unless
+--no-check-hostname; --cert/--key present a client certificate), then
+ApiVersions, then for SASL_* SaslHandshake(PLAIN) and SaslAuthenticate, then a
+Metadata request whose broker list must advertise the same host:port that was
+dialled.
 
   probe.py --bootstrap 127.0.0.1:9092
-  probe.py --bootstrap 127.0.0.1:9093 --sasl-ssl --ca ca.pem \
+  probe.py --bootstrap 127.0.0.1:9093 --protocol SASL_SSL --ca ca.pem \
       --username '$ConnectionString' --password-env SOME_VAR
+  probe.py --bootstrap 127.0.0.1:9094 --protocol SSL --ca ca.pem --cert c.crt --key c.key
+  probe.py --bootstrap 127.0.0.1:9092 --and --bootstrap 127.0.0.1:9094 ...   (several, one process)
 
-Exit 0 and one line on stdout when the listener serves; exit 1 with the
-reason on stderr otherwise (exit 2 for an authentication failure).
+Exit 0 and one line per listener on stdout when they all serve; exit 1 with
+the first failure's reason on stderr otherwise (exit 2 for an authentication
+failure).
 """
 
 from __future__ import annotations
@@ -144,13 +149,15 @@ def probe(args: argparse.Namespace) -> str:
     raw = socket.create_connection((host, port), timeout=args.timeout)
     sock: socket.socket = raw
     try:
-        if args.sasl_ssl:
+        if args.protocol in ("SSL", "SASL_SSL"):
             ctx = ssl.create_default_context(cafile=args.ca)
-            ctx.check_hostname = True
+            ctx.check_hostname = not args.no_check_hostname
+            if args.cert:
+                ctx.load_cert_chain(args.cert, args.key)
             sock = ctx.wrap_socket(raw, server_hostname=args.server_hostname or host)
         c = Conn(sock)
         versions = api_versions(c)
-        if args.sasl_ssl:
+        if args.protocol.startswith("SASL_"):
             password = os.environ.get(args.password_env or "", "")
             if not password:
                 raise ProbeError(f"password env var {args.password_env!r} is empty")
@@ -164,26 +171,37 @@ def probe(args: argparse.Namespace) -> str:
         raw.close()
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """Probe every listener given (groups of options separated by ``--and``); stop at the first that fails."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--bootstrap", required=True)
-    ap.add_argument("--sasl-ssl", action="store_true")
+    ap.add_argument("--protocol", default="PLAINTEXT", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
     ap.add_argument("--ca")
+    ap.add_argument("--cert")
+    ap.add_argument("--key")
+    ap.add_argument("--no-check-hostname", action="store_true")
     ap.add_argument("--server-hostname")
     ap.add_argument("--username", default="$ConnectionString")
     ap.add_argument("--password-env")
     ap.add_argument("--timeout", type=float, default=5.0)
-    args = ap.parse_args()
-    try:
-        print(probe(args))
-        return 0
-    except AuthError as e:
-        print(f"probe {args.bootstrap}: {e}", file=sys.stderr)
-        return 2
-    except (OSError, ProbeError, struct.error, ValueError) as e:
-        print(f"probe {args.bootstrap}: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    groups: list[list[str]] = [[]]
+    for arg in argv:
+        if arg == "--and":
+            groups.append([])
+        else:
+            groups[-1].append(arg)
+    for group in groups:
+        args = ap.parse_args(group)
+        try:
+            print(probe(args))
+        except AuthError as e:
+            print(f"probe {args.bootstrap}: {e}", file=sys.stderr)
+            return 2
+        except (OSError, ProbeError, struct.error, ValueError) as e:
+            print(f"probe {args.bootstrap}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

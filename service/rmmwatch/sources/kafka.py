@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from rmmwatch.kafka_client import KafkaSettings, describe_error
+from rmmwatch.kafka_client import KafkaSettings, connect_failure, describe_error
 from rmmwatch.kql.datetimes import DatetimeError, parse_datetime
 from rmmwatch.logging import get_logger
 from rmmwatch.metrics import Metrics
@@ -134,16 +134,7 @@ class KafkaSource:
             self._consumer = None
             with suppress(Exception):
                 await consumer.stop()
-            raise SourceUnavailable(
-                f"cannot connect to Kafka at {self.settings.bootstrap_servers} "
-                f"({self.settings.security_protocol}"
-                + (
-                    f", SASL {self.settings.sasl_mechanism} as {self.settings.sasl_username}"
-                    if self.settings.security_protocol.startswith("SASL")
-                    else ""
-                )
-                + f"): {describe_error(exc)}"
-            ) from None
+            raise SourceUnavailable(await connect_failure(self.settings, describe_error(exc))) from None
         self._brokers_ok = True
         self._probe = asyncio.create_task(self._probe_loop(), name="rmmwatch-kafka-probe")
         log.info("kafka_started", topics=self.topics, group=self.group_id, bootstrap=self.settings.bootstrap_servers)

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_END, OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from rmmwatch.kafka_client import KafkaSettings
+from rmmwatch.kafka_client import KafkaSettings, connect_failure
 from rmmwatch.kql.datetimes import DatetimeError, parse_datetime
 from rmmwatch.logging import get_logger, redactor
 from rmmwatch.metrics import Metrics
@@ -185,7 +185,7 @@ class ConfluentKafkaSource:
             await self._on_thread(self._start_blocking, config)
         except KafkaException as exc:
             await self._shutdown_thread()
-            raise SourceUnavailable(f"cannot connect to Kafka at {self._where()}: {describe(exc)}") from None
+            raise SourceUnavailable(await connect_failure(self.settings, describe(exc))) from None
         self._brokers_ok = True
         self._probe = asyncio.create_task(self._probe_loop(), name="rmmwatch-kafka-probe")
         log.info(
