@@ -110,6 +110,7 @@ class App:
             metrics=metrics,
             clock=clock,
             on_store_error=self._store_failed,
+            count_up_to=max_pending_alerts,
         )
         self.commits = CommitGate(source, metrics)
         self.accounting = Accounting(metrics, source.name, self.rules)

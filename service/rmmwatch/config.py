@@ -250,8 +250,8 @@ class RunConfig:
         "redis store: seconds before another replica delivers an alert whose creator did not", 10.0, group="state"
     )
     sqlite_synchronous: str = option(
-        "sqlite durability: full (survives power loss), normal (survives a crash) or extra (full, and the "
-        "journal's directory synced too)",
+        "sqlite durability: full (survives power loss), normal (survives a crash) or extra (SQLite's EXTRA: "
+        "the same as full under the WAL journal rmmwatch uses)",
         "full",
         choices=("full", "normal", "extra"),
         group="state",
@@ -269,7 +269,10 @@ class RunConfig:
     webhook_timeout: float = option("seconds per webhook attempt", 5.0, group="alerts")
     webhook_retries: int = option("webhook retries per alert (exponential backoff with jitter)", 3, group="alerts")
     max_pending_alerts: int = option(
-        "stop reading input while this many alerts wait for delivery", 10_000, group="alerts"
+        "stop reading input once this many alerts wait for delivery; the batches already read are "
+        "still applied (up to 7 batches' alerts more)",
+        10_000,
+        group="alerts",
     )
     dead_letter: str = option(
         "log | jsonl:PATH | kafka:TOPIC: where undecodable input goes (always counted)", "log", group="alerts"

@@ -47,13 +47,16 @@ class Delivery:
         metrics: Metrics,
         clock: Clock,
         on_store_error: Callable[[], None],
+        count_up_to: int = OUTBOX_PAGE,
     ) -> None:
+        """``count_up_to``: how far to count waiting alerts when a sink fails (the backpressure limit)."""
         self.store = store
         self.sinks = list(sinks)
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.clock = clock
         self.on_store_error = on_store_error
+        self.count_up_to = count_up_to
         self.backoff = Backoff()
         #: Held while alerts go out and while the position they cover is committed.
         self.lock = asyncio.Lock()
@@ -100,6 +103,7 @@ class Delivery:
                 except SinkError as exc:
                     delay = self._failed(sink.name, exc)
                     log.warning("sink_failed", sink=sink.name, error=str(exc), alerts=len(alerts), retry_in_s=delay)
+                    await self._count_waiting(len(alerts))
                     return False
                 for alert in alerts:
                     self.metrics.alerts.labels(rule=alert.rule_id, kind=alert.kind, sink=sink.name).inc()
@@ -109,6 +113,17 @@ class Delivery:
                 self.on_store_error()
                 return False
             self._observe(alerts)
+
+    async def _count_waiting(self, page: int) -> None:
+        """After a failure: how many alerts wait, beyond the page read (backpressure compares it to its limit)."""
+        if page < OUTBOX_PAGE or self.count_up_to <= page:
+            return
+        try:
+            self.pending = await self.store.pending_count(self.count_up_to)
+        except StoreUnavailable:
+            self.on_store_error()
+            return
+        self.metrics.outbox_pending.set(self.pending)
 
     def _failed(self, sink: str, exc: SinkError) -> float:
         self.metrics.sink_failures.labels(sink=sink).inc()

@@ -248,6 +248,20 @@ async def test_outbox_delivery_bookkeeping(make_store: StoreFactory, detector: D
     assert await store.pending_alerts(10) == []
 
 
+async def test_pending_count_counts_waiting_alerts_up_to_its_limit(
+    make_store: StoreFactory, detector: Detector
+) -> None:
+    """The backpressure count: every unsent alert, counted up to the limit asked, sent ones not counted."""
+    store = await _open(make_store)
+    for i, device in enumerate("abcde"):
+        await store.apply(matches(detector, [row(device=device, ticks=T0)]), T0 + i * SECOND)
+    assert await store.pending_count(100) == 5
+    assert await store.pending_count(3) == 3
+    first = await store.pending_alerts(2)
+    await store.mark_sent([a.key for a in first])
+    assert await store.pending_count(100) == 3
+
+
 async def test_rules_keep_separate_state(make_store: StoreFactory) -> None:
     """Two rules over the same events have separate groups, episodes and alert ids."""
     first, second = seed_rule("rule-one"), seed_rule("rule-two")

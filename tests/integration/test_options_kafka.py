@@ -33,7 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from rmmwatch.config import RunConfig
 from rmmwatch.kql.datetimes import parse_datetime
-from rmmwatch.sources import open_source
+from rmmwatch.wiring import source_for
 from tests.helpers import envelope, row, service_env
 from tests.integration.conftest import RMMWATCH, DetectorFactory, wait_until
 from tests.integration.kafka_tools import create_topic, produce
@@ -59,7 +59,7 @@ def _source_args(client: str, topic: str, *extra: str) -> list[str]:
 
 async def _consume(config: RunConfig, expect: int, timeout_s: float = 60) -> list[bytes]:
     """Start the source ``config`` describes and read until ``expect`` messages (and one idle fetch) arrived."""
-    source = open_source(config)
+    source = source_for(config)
     await source.start()
     received: list[bytes] = []
     try:
@@ -175,7 +175,7 @@ async def test_client_id_is_what_the_broker_sees(client: str, topic_name: str) -
     client_id = f"rmmwatch-{client}-{topic_name}"
     config = run_config(*_source_args(client, topic_name, "--kafka-bootstrap-servers", _env("KAFKA_BOOTSTRAP"),
                                       "--kafka-client-id", client_id))  # fmt: skip
-    source = open_source(config)
+    source = source_for(config)
     await source.start()
     admin = AIOKafkaAdminClient(bootstrap_servers=_env("KAFKA_BOOTSTRAP"))
     await admin.start()
@@ -197,7 +197,7 @@ def test_rebalance_wait_and_session_timeout_reach_the_source(client: str) -> Non
     broker: tests/integration/test_kafka_source.py's rebalance test and test_kafka.py's end-to-end tests)."""
     args = _source_args(client, "t-unused", "--kafka-bootstrap-servers", "127.0.0.1:9",
                         "--kafka-rebalance-wait", "7.5", "--kafka-session-timeout-ms", "12000")  # fmt: skip
-    source = open_source(run_config(*args))
+    source = source_for(run_config(*args))
     assert source.rebalance_wait_s == 7.5  # type: ignore[attr-defined]
     assert source.settings.session_timeout_ms == 12000  # type: ignore[attr-defined]
 

@@ -32,7 +32,7 @@ from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 
 from rmmwatch.kql.datetimes import TICKS_PER_DAY, TICKS_PER_SECOND, format_datetime, parse_datetime
 from rmmwatch.rules import load_rules
-from rmmwatch.stores import open_store
+from rmmwatch.wiring import store_for
 from tests.eventhub_endpoint.server import EventHubEndpoint
 from tests.helpers import envelope, row, service_env
 from tests.integration.conftest import RMMWATCH, DetectorFactory, free_port, rmmwatch, wait_until
@@ -206,10 +206,7 @@ def test_shutdown_timeout_bounds_the_drain_of_undeliverable_alerts(tmp_path: Pat
 async def test_sqlite_synchronous_sets_the_pragma(value: str, pragma: int, tmp_path: Path) -> None:
     """--sqlite-synchronous reaches SQLite: the store's connection runs with that synchronous level."""
     config = run_config("--data-dir", str(tmp_path), "--sqlite-synchronous", value)
-    # Opened the way cli._run opens it.
-    store = open_store(
-        config.store_url(), load_rules(None), sqlite_synchronous=config.sqlite_synchronous, redis=config.redis_options()
-    )
+    store = store_for(config, load_rules(None))  # as run builds it
     await store.open()
     try:
         assert store._db.execute("PRAGMA synchronous").fetchone()[0] == pragma  # type: ignore[attr-defined]
@@ -384,7 +381,7 @@ def test_stdout_sink_prints_one_alert_per_line() -> None:
 IN_FLIGHT_BATCHES = 7
 
 
-@pytest.mark.parametrize(("limit", "batch", "messages"), [(5, 10, 300)])
+@pytest.mark.parametrize(("limit", "batch", "messages"), [(5, 10, 300), (600, 50, 1700)])
 def test_max_pending_alerts_pauses_reading_within_its_bound(
     limit: int, batch: int, messages: int, tmp_path: Path, detectors: DetectorFactory
 ) -> None:

@@ -126,6 +126,9 @@ class Store(Protocol):
     async def pending_alerts(self, limit: int) -> list[Alert]:
         """Outbox alerts not yet marked sent, oldest first."""
 
+    async def pending_count(self, limit: int) -> int:
+        """How many outbox alerts are not yet marked sent, counted up to ``limit`` (backpressure needs no more)."""
+
     async def mark_sent(self, keys: Sequence[tuple[str, int]]) -> None:
         """Mark outbox alerts delivered (idempotent): ``pending_alerts`` no longer returns them.
 

@@ -140,6 +140,9 @@ class MemoryStore:
         keys = list(self.backend.unsent)[:limit]
         return [self.backend.outbox[k] for k in keys]
 
+    async def pending_count(self, limit: int) -> int:
+        return min(len(self.backend.unsent), limit)
+
     async def mark_sent(self, keys: Sequence[tuple[str, int]]) -> None:
         for key in keys:
             self.backend.unsent.pop(key, None)

@@ -227,6 +227,10 @@ class RedisStore:
         pending = sorted(self._pending.values(), key=lambda p: (p.alert.created_ticks, p.alert.key))
         return [p.alert for p in pending[:limit]]
 
+    async def pending_count(self, limit: int) -> int:
+        # The alerts this replica delivers: its own, and orphans it adopted (pending_alerts' set).
+        return min(len(self._pending), limit)
+
     async def mark_sent(self, keys: Sequence[tuple[str, int]]) -> None:
         entries = [self._pending[k] for k in keys if k in self._pending]
         if not entries:

@@ -425,6 +425,16 @@ class SqliteStore:
 
         return await self._run(read)
 
+    async def pending_count(self, limit: int) -> int:
+        def count() -> int:
+            assert self._db is not None
+            row = self._db.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sent = 0 LIMIT ?)", (limit,)
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run(count)
+
     async def mark_sent(self, keys: Sequence[tuple[str, int]]) -> None:
         if not keys:
             return
