@@ -332,3 +332,12 @@ def test_a_metrics_port_in_use_is_a_clean_configuration_error(tmp_path: Path) ->
     assert f"127.0.0.1:{port}".encode() in result.stderr
     assert b"--metrics-port" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_redis_cluster_is_refused_until_it_works(tmp_path: Path) -> None:
+    """--redis-cluster crashed at the first match on a real Redis Cluster (docs/options.md): refused at start, exit 2,
+    before anything is read."""
+    result = rmmwatch("run", "--store", "redis://127.0.0.1:9/0", "--redis-cluster", "--synthetic-count", "1",
+                      "--metrics-port", "-1", "--data-dir", str(tmp_path))  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert b"--redis-cluster is not supported yet" in result.stderr
