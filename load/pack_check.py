@@ -143,7 +143,7 @@ def check(pack: Path) -> tuple[list[str], int]:
         for path in sorted(pack.rglob("RMM_AHQ_*.md")):
             for index, block in enumerate(ahq_blocks(path)):
                 if not block.is_query:
-                    not_queries.append(f"{path}:{block.first_line}: ({block.section}) {block.text.strip()[:60]!r}")
+                    not_queries.append(f"{path}:{block.first_line - 1}: ({block.section}) {block.text.strip()[:60]!r}")
                     continue
                 relative = path.relative_to(pack).with_suffix("").as_posix() + f".block{index + 1}.yaml"
                 target = root / relative

@@ -474,8 +474,6 @@ def parse_rule(text: str, source: str = "<rule>", *, relative: str | None = None
         repaired, moved = repair_data_types(text)
         if exc.kind != "yaml" or exc.line not in moved:
             raise
-        node = _compose(repaired, source)
-        text = repaired
         lines = ", ".join(str(line) for line in moved)
         warnings.append(
             RuleWarning(
@@ -487,6 +485,12 @@ def parse_rule(text: str, source: str = "<rule>", *, relative: str | None = None
                 "(the file is not changed)",
             )
         )
+        try:
+            node = _compose(repaired, source)
+        except RuleError as other:  # another YAML error: refused where it is, the repair reported too
+            other.warnings = tuple(warnings)
+            raise
+        text = repaired
     if node is None:
         raise RuleError(source, 1, 1, "empty rule file", warnings=tuple(warnings))
     builder = _RuleBuilder(text, source, relative or source, warnings)
