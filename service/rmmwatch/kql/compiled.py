@@ -2,8 +2,9 @@
 
 A :class:`CompiledQuery` is a time window relative to ``now()``, a predicate over one decoded
 event (KQL's three-valued logic: ``True``, ``False`` or ``None`` for null), a group key, the
-per-event contributions to the ``summarize`` aggregates, and the strings one of which every
-match contains (the byte prefilter's input). The operands the compiler folds on the way
+per-event contributions to the ``summarize`` aggregates, the constant columns ``extend`` adds
+after ``summarize`` (:class:`RowConstant`), and the strings one of which every match contains
+(the byte prefilter's input). The operands the compiler folds on the way
 (:class:`Const`, :class:`Column`, :class:`Condition`, :class:`ConstList`) are here too, so the
 condition builders and the compiler share them without importing each other.
 """

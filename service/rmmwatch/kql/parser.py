@@ -434,10 +434,6 @@ class _Parser:
             return f"string {token.text!r}"
         return repr(token.text)
 
-    @staticmethod
-    def where(token: Token) -> str:
-        return f"line {token.pos.line}, column {token.pos.column}"
-
     def skip_stage(self) -> None:
         """Skip the tokens of a refused construct up to the next ``|`` or ``;`` outside brackets."""
         depth = 0
