@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
+from rmmwatch.kql.compiled import render_value
 from rmmwatch.kql.datetimes import format_datetime
 from rmmwatch.rules import Rule
 from rmmwatch.window import render_row
@@ -90,11 +91,12 @@ def build_alert(
     """Make an outbox alert whose payload carries the summary row, the rule and the times."""
     identifier = alert_id(rule.id, group_key, episode_start_ticks)
     query = rule.query
-    summary = (
-        render_row(query, group, values)
-        if values
-        else {name: value for name, value in zip(query.group_by, group, strict=True)}
-    )
+    if values:
+        summary = render_row(query, group, values)
+    else:
+        # An end alert has no aggregates left; its summary is the group and the row's constants.
+        summary = {name: value for name, value in zip(query.group_by, group, strict=True)}
+        summary.update((c.name, render_value(c.value, c.type)) for c in query.row_constants)
     document = {
         "alert_id": identifier,
         "revision": revision,

@@ -2,6 +2,11 @@
 
 Exit codes: 0 success, 1 a runtime failure (unreadable input, store locked), 2 a usage or
 configuration error (bad option, bad rule file: the message names file, line and column).
+
+``--rule`` (run, hunt, state) and ``rules check`` take files, directories and globs
+(:func:`rmmwatch.rules.load_rule_set`). Every refused rule file is named, not just the first;
+``run --skip-invalid-rules`` starts with the others. Rule warnings (a repaired file, adjacent
+string literals) are printed by ``rules check``, ``hunt`` and ``state`` and logged once by ``run``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from rmmwatch.config import STORE_OPTIONS, ConfigError, RunConfig, add_run_optio
 from rmmwatch.hunt import FORMATS, Hunt, output_columns, print_rows, tag_rows
 from rmmwatch.kql.datetimes import DatetimeError, parse_datetime
 from rmmwatch.model import wall_clock
-from rmmwatch.rules import RuleError, load_rules, rules_summary
+from rmmwatch.rules import Rule, RuleError, RuleSet, load_rule_set, rules_summary
 from rmmwatch.synthetic import GeneratorConfig
 
 EXIT_OK = 0
@@ -41,6 +46,57 @@ def _error(message: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
+# -- rules -----------------------------------------------------------------------------------
+
+
+class RulesRefused(Exception):
+    """Some rule files were refused (each already printed): the command stops with exit code 2."""
+
+
+def _rules(specs: list[str] | None, *, exclusions: bool = True) -> list[Rule]:
+    """hunt's and state's rules: every refusal printed (then exit 2), every warning printed."""
+    rule_set = load_rule_set(specs or None, exclusions=exclusions)
+    for warning in rule_set.warnings:
+        print(f"rmmwatch: warning: {warning}", file=sys.stderr)
+    if rule_set.refused:
+        _print_refusals(rule_set)
+        raise RulesRefused
+    return rule_set.rules
+
+
+def _print_refusals(rule_set: RuleSet) -> None:
+    for error in rule_set.refused:
+        _error(str(error))
+    if len(rule_set.files) > 1:
+        count = len(rule_set.refused)
+        _error(f"{count} of {len(rule_set.files)} rule files refused")
+
+
+def _rules_check(specs: list[str]) -> int:
+    """``rules check``: what each rule compiles to (files), or one line per file (directories, globs)."""
+    rule_set = load_rule_set(specs or None)
+    if not rule_set.expanded:
+        for warning in rule_set.warnings:
+            print(f"rmmwatch: warning: {warning}", file=sys.stderr)
+        if rule_set.refused:
+            _print_refusals(rule_set)
+            return EXIT_USAGE
+        print(rules_summary(rule_set.rules))
+        return EXIT_OK
+    warned = 0
+    for file in rule_set.files:
+        if file.rule is not None:
+            print(f"compiled: {file.source.spec} {file.rule.id} {file.rule.query.table}")
+        elif file.error is not None:
+            print(f"refused: {file.error}")
+        for warning in file.warnings:
+            print(f"warning: {warning}")
+        warned += bool(file.warnings)
+    refused = len(rule_set.refused)
+    print(f"{len(rule_set.rules)} compiled, {refused} refused, {warned} repaired/warned")
+    return EXIT_USAGE if refused else EXIT_OK
+
+
 # -- hunt ------------------------------------------------------------------------------------
 
 
@@ -49,7 +105,7 @@ async def _hunt(args: argparse.Namespace) -> int:
     from rmmwatch.model import BatchResult  # noqa: PLC0415
     from rmmwatch.sources.file import FileSource  # noqa: PLC0415
 
-    rules = load_rules(args.rule or None, exclusions=not args.no_exclusions)
+    rules = _rules(args.rule, exclusions=not args.no_exclusions)
     now = _now_ticks(args.now)
     detector = Detector(rules, max_message_bytes=args.max_message_bytes)
     hunt = Hunt(rules)
@@ -98,7 +154,7 @@ async def _state(args: argparse.Namespace) -> int:
     from rmmwatch.stores.base import StoreRefused  # noqa: PLC0415
     from rmmwatch.wiring import store_for  # noqa: PLC0415
 
-    rules = load_rules(args.rule or None)
+    rules = _rules(args.rule)
     now = _now_ticks(args.now)
     config = RunConfig.from_values(resolve(args, options=STORE_OPTIONS))
     url = config.store_url()
@@ -132,10 +188,33 @@ async def _state(args: argparse.Namespace) -> int:
 
 
 async def _run(config: RunConfig) -> int:
+    from rmmwatch.logging import get_logger  # noqa: PLC0415
     from rmmwatch.stores.base import StoreRefused  # noqa: PLC0415
     from rmmwatch.wiring import build_app  # noqa: PLC0415
 
-    app = build_app(config, load_rules(config.rule or None, exclusions=not config.no_exclusions))
+    log = get_logger("rmmwatch.rules")
+    rule_set = load_rule_set(config.rule or None, exclusions=not config.no_exclusions)
+    if rule_set.refused and not config.skip_invalid_rules:
+        _print_refusals(rule_set)
+        return _error("not starting: fix the rule files above, or pass --skip-invalid-rules to run the others")
+    for warning in rule_set.warnings:
+        log.warning(
+            "rule_warning", file=warning.source, line=warning.line, column=warning.column, warning=warning.message
+        )
+    for error in rule_set.refused:
+        log.error(
+            "rule_skipped",
+            file=error.source,
+            line=error.line,
+            column=error.column,
+            reason=error.kind,
+            error=error.message,
+        )
+    if not rule_set.rules:
+        return _error("no rule left to run: every rule file was refused")
+    app = build_app(config, rule_set.rules)
+    for error in rule_set.refused:
+        app.metrics.rules_skipped.labels(reason=error.kind).inc()
     try:
         return await app.run()
     except StoreRefused as exc:  # locked, corrupt, wrong credentials or TLS: retrying would not help
@@ -216,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     formats = FORMATS
     hunt = commands.add_parser("hunt", help="print the hunting query's result over NDJSON/JSON files (backfill)")
     hunt.add_argument("paths", nargs="+", metavar="PATH", help="NDJSON or JSON files; - for stdin")
-    hunt.add_argument("--rule", action="append", help="rule file or bundled:<name>; repeatable")
+    hunt.add_argument(
+        "--rule", action="append", help="rule file, directory (recursive), glob or bundled:<name>; repeatable"
+    )
     hunt.add_argument("--now", help="evaluate at this instant (ISO 8601, default: now)")
     hunt.add_argument("--no-exclusions", action="store_true", help="the bare query, without named exclusions")
     hunt.add_argument("--format", choices=formats, default="table")
@@ -225,15 +306,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     state = commands.add_parser("state", help="print the current state of a store, as hunt would print it")
     add_run_options(state, STORE_OPTIONS)
-    state.add_argument("--rule", action="append", help="rule file or bundled:<name>; repeatable")
+    state.add_argument(
+        "--rule", action="append", help="rule file, directory (recursive), glob or bundled:<name>; repeatable"
+    )
     state.add_argument("--now", help="evaluate at this instant (ISO 8601, default: now)")
     state.add_argument("--format", choices=formats, default="table")
     state.add_argument("--pending", action="store_true", help="also report undelivered alerts on stderr")
 
     rules = commands.add_parser("rules", help="rule tools")
     rule_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
-    check = rule_commands.add_parser("check", help="validate rule files and print what they compile to")
-    check.add_argument("files", nargs="*", metavar="FILE", help="rule files or bundled:<name> (default: bundled)")
+    check = rule_commands.add_parser(
+        "check",
+        help="validate rule files and print what they compile to (a directory or glob: one line per file, "
+        "exit 2 if any is refused)",
+    )
+    check.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="rule files, directories (recursive), globs or bundled:<name> (default: bundled)",
+    )
     rule_commands.add_parser("list", help="list the bundled rules")
 
     generate = commands.add_parser("generate", help="write a synthetic Defender stream as NDJSON envelopes")
@@ -267,8 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for spec in bundled_rule_paths():
                     print(spec)
                 return EXIT_OK
-            print(rules_summary(load_rules(args.files or None)))
-            return EXIT_OK
+            return _rules_check(args.files)
         if args.command == "hunt":
             return asyncio.run(_hunt(args))
         if args.command == "state":
@@ -282,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run(config))
     except RuleError as exc:
         return _error(str(exc))
+    except RulesRefused:
+        return EXIT_USAGE
     except ConfigError as exc:
         return _error(str(exc))
     except KeyboardInterrupt:

@@ -98,12 +98,20 @@ class RunConfig:
 
     # -- rules
     rule: list[str] = option(
-        "rule file (Sentinel YAML) or bundled:<name>; repeatable; default: every bundled rule",
+        "rule file (Sentinel YAML), directory (every *.yaml / *.yml below), glob, or bundled:<name>; repeatable; "
+        "default: every bundled rule",
         repeat=True,
         group="rules",
     )
     no_exclusions: bool = option(
         "run the bare hunting query, without the rules' named exclusions", False, switch=True, group="rules"
+    )
+    skip_invalid_rules: bool = option(
+        "start with the rules that compile, logging and counting each refused one "
+        "(rmmwatch_rules_skipped_total{reason}); default: any refused rule stops the start",
+        False,
+        switch=True,
+        group="rules",
     )
     # -- source
     source: str = option("synthetic | stdin | file:PATH | kafka | eventhub", "synthetic", group="source")

@@ -2,7 +2,8 @@
 
 Counters are incremented once per batch with the batch's totals (not per record), so
 metrics cost nothing measurable on the hot path. Label values are bounded: rule ids,
-exclusion names, decode-error reasons, alert kinds and sink names, never event data.
+exclusion names, decode-error reasons, rule refusal reasons, alert kinds and sink names, never
+event data.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ class Metrics:
         self.build_info = Info("rmmwatch_build", "rmmwatch version", registry=r)
         self.build_info.info({"version": __version__})
         self.rule_info = Gauge("rmmwatch_rule_info", "Loaded rules (value 1)", ["rule", "name"], registry=r)
+        self.rules_skipped = Counter(
+            "rmmwatch_rules_skipped",
+            "Rule files refused at start and skipped (--skip-invalid-rules), by reason",
+            ["reason"],
+            registry=r,
+        )
         # source side
         self.messages = Counter("rmmwatch_messages", "Messages read from the source", ["source"], registry=r)
         self.message_bytes = Counter("rmmwatch_message_bytes", "Bytes of messages read", ["source"], registry=r)

@@ -11,7 +11,8 @@ This is the one place the aggregates are computed, for ``hunt`` (over a file, at
 * ``dcount`` counts distinct non-null values exactly (KQL estimates; it is exact at the
   small cardinalities of a device's week);
 * ``countif`` counts rows whose condition is true;
-* ``summarize ... by`` over no rows returns no rows.
+* ``summarize ... by`` over no rows returns no rows;
+* ``| extend Name = constant`` after ``summarize`` adds that value, last, to every row.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def aggregate(specs: Sequence[AggregateSpec], contributions: Iterable[Sequence[A
 
 
 def render_row(query: CompiledQuery, group: Sequence[Any], values: Sequence[Any]) -> dict[str, Any]:
-    """A JSON-ready output row: group columns then aggregates, datetimes as KQL text."""
+    """A JSON-ready output row: group columns, aggregates, then the constant columns that
+    ``| extend`` adds after ``summarize`` (in that order, as KQL's row), datetimes as KQL text."""
     row: dict[str, Any] = {}
     for name, kind, value in zip(query.group_by, query.group_by_types, group, strict=True):
         row[name] = render_value(value, kind)
@@ -79,6 +81,8 @@ def render_row(query: CompiledQuery, group: Sequence[Any], values: Sequence[Any]
             row[spec.name] = [render_value(v, spec.column_type) for v in value]
         else:
             row[spec.name] = value
+    for constant in query.row_constants:
+        row[constant.name] = render_value(constant.value, constant.type)
     return row
 
 

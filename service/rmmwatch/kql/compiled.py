@@ -2,8 +2,9 @@
 
 A :class:`CompiledQuery` is a time window relative to ``now()``, a predicate over one decoded
 event (KQL's three-valued logic: ``True``, ``False`` or ``None`` for null), a group key, the
-per-event contributions to the ``summarize`` aggregates, and the strings one of which every
-match contains (the byte prefilter's input). The operands the compiler folds on the way
+per-event contributions to the ``summarize`` aggregates, the constant columns ``extend`` adds
+after ``summarize`` (:class:`RowConstant`), and the strings one of which every match contains
+(the byte prefilter's input). The operands the compiler folds on the way
 (:class:`Const`, :class:`Column`, :class:`Condition`, :class:`ConstList`) are here too, so the
 condition builders and the compiler share them without importing each other.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rmmwatch.kql.datetimes import format_datetime, timespan_literal
+from rmmwatch.kql.errors import KqlWarning
 from rmmwatch.kql.schema import KqlType
 from rmmwatch.kql.syntax import Pos
 
@@ -121,6 +123,15 @@ class AggregateSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RowConstant:
+    """``| extend Name = constant`` after ``summarize``: a column with one value in every row."""
+
+    name: str
+    value: Any
+    type: KqlType | None  # None: a null
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledQuery:
     """A hunting query ready to run per event."""
 
@@ -138,6 +149,10 @@ class CompiledQuery:
     group_by_types: tuple[KqlType, ...]
     constants: Mapping[str, Any]
     aggregates: tuple[AggregateSpec, ...]
+    #: Constant columns added after summarize, last in every row (docs/semantics.md §1).
+    row_constants: tuple[RowConstant, ...]
+    #: Valid KQL the parser found suspicious (adjacent string literals).
+    warnings: tuple[KqlWarning, ...]
     _evaluate: Predicate = field(repr=False, compare=False)
 
     def matches(self, event: Event) -> bool:
@@ -165,7 +180,8 @@ class CompiledQuery:
         return tuple(out)
 
     def output_columns(self) -> tuple[str, ...]:
-        return self.group_by + tuple(a.name for a in self.aggregates)
+        """The columns of a row: the group, the aggregates, then the constants added after summarize."""
+        return self.group_by + tuple(a.name for a in self.aggregates) + tuple(c.name for c in self.row_constants)
 
 
 def render_value(value: Any, kql_type: KqlType | None) -> Any:

@@ -16,8 +16,7 @@ built in :mod:`rmmwatch.kql.conditions` from the operator table in :mod:`rmmwatc
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from rmmwatch.kql import conditions
@@ -29,10 +28,11 @@ from rmmwatch.kql.compiled import (
     Condition,
     Const,
     ConstList,
+    RowConstant,
     TimeWindow,
     Value,
 )
-from rmmwatch.kql.errors import KqlError
+from rmmwatch.kql.errors import KqlError, KqlWarning, closest_name
 from rmmwatch.kql.operators import COMPARISON_OPERATORS, LIST_OPERATORS, STRING_OPERATORS, SWAPPED_COMPARISONS
 from rmmwatch.kql.parser import parse
 from rmmwatch.kql.schema import TABLES, KqlType
@@ -44,14 +44,17 @@ from rmmwatch.kql.syntax import (
     Call,
     Expr,
     Extend,
+    Let,
     ListOp,
     Literal,
     Logical,
     Name,
     Negate,
+    Operator,
     Pos,
     Query,
     Summarize,
+    TabularLet,
     Where,
     unparse,
 )
@@ -67,11 +70,18 @@ def _error(message: str, pos: Pos) -> KqlError:
 
 
 class _Scope:
-    def __init__(self, schema: Mapping[str, KqlType]) -> None:
+    def __init__(self, schema: Mapping[str, KqlType], table: str = "") -> None:
         self.schema = schema
+        self.table = table
         self.lets: dict[str, Const | ConstList] = {}
         self.constants: dict[str, Const] = {}
         self.used: set[str] = set()
+        #: Tabular ``let`` names: a name that is a table, not a value.
+        self.tables: frozenset[str] = frozenset()
+        #: After summarize: the columns of the summarized rows (not constants).
+        self.outputs: frozenset[str] = frozenset()
+        #: The construct being compiled, for messages.
+        self.context = ""
 
     def resolve(self, name: Name) -> Value:
         if name.name in self.lets:
@@ -83,10 +93,27 @@ class _Scope:
             return Column(name.name, self.schema[name.name], name.pos)
         if name.name in ("now", "ago"):
             raise _error(f"{name.name} is a function: write {name.name}()", name.pos)
-        known = list(self.schema) + list(self.lets) + list(self.constants)
-        hint = difflib.get_close_matches(name.name, known, n=1)
-        suffix = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise _error(f"unknown column or name {name.name!r}{suffix}", name.pos)
+        if name.name in self.tables:
+            raise _error(
+                f"{name.name!r} is a tabular let (a table), used as a value{self.where()}: rmmwatch does not run "
+                "subqueries (a rule reads one table)",
+                name.pos,
+            )
+        if name.name in self.outputs:
+            raise _error(
+                f"{name.name!r} is a column of the summarized rows{self.where()}: after summarize, extend adds "
+                "constants only",
+                name.pos,
+            )
+        hint = closest_name(name.name, list(self.schema) + list(self.lets) + list(self.constants))
+        suffix = f"; did you mean {hint!r}?" if hint else ""
+        table = f"; {self.table} has no column {name.name!r}" if self.table else ""
+        raise _error(
+            f"unknown column or name {name.name!r}{suffix} ({self.context or 'in the query'}{table})", name.pos
+        )
+
+    def where(self) -> str:
+        return f" ({self.context})" if self.context else ""
 
 
 class _Compiler:
@@ -397,38 +424,73 @@ def _is_timestamp(expr: Expr) -> bool:
 
 
 def compile_query(text: str) -> CompiledQuery:
-    """Parse and compile a hunting query. Raises :class:`KqlError` with a position."""
+    """Parse and compile a hunting query. Raises :class:`KqlError` with a position.
+
+    The compiled query carries the parser's warnings; so does the error of a refused one.
+    """
     query = parse(text)
-    return _compile(query, text)
+    try:
+        return _compile(query, text)
+    except KqlError as exc:
+        exc.warnings = query.warnings
+        raise
+
+
+#: One stage of the query's pipeline and the scalar ``let`` bindings it sees (KQL's scoping:
+#: a tabular let's pipeline sees the lets bound before it).
+_Stage = tuple[Operator, dict[str, Const | ConstList]]
+
+
+def _base_table(query: Query) -> Name:
+    """The table the query's pipeline reads, through the tabular ``let``s it starts from."""
+    bases: dict[str, Name] = {}
+    for let in query.lets:
+        if isinstance(let, TabularLet):
+            bases[let.name] = bases.get(let.source.name, let.source)
+        else:
+            bases.pop(let.name, None)
+    return bases.get(query.table.name, query.table)
 
 
 def _compile(query: Query, text: str) -> CompiledQuery:
-    table = query.table
+    table = _base_table(query)
+    scalar_lets = {let.name for let in query.lets if isinstance(let, Let)}
     if table.name not in TABLES:
+        if table.name in scalar_lets:
+            raise _error(f"{table.name!r} is a scalar let, not a table: a query reads a table", table.pos)
         supported = ", ".join(TABLES)
         raise _error(f"unsupported table {table.name!r} (supported: {supported})", table.pos)
     category, schema = TABLES[table.name]
-    scope = _Scope(schema)
+    scope = _Scope(schema, table.name)
     compiler = _Compiler(scope)
-    for let in query.lets:
-        if let.name in schema:
-            raise _error(f"let {let.name!r} shadows a column of {table.name}", let.pos)
-        scope.lets[let.name] = compiler.constant(let.value, f"let {let.name}")
+    stages, unused = _pipeline(query, compiler, schema)
 
     window = _WindowBuilder()
     compiled: list[Condition] = []
     condition_texts: list[str] = []
-    summarize: Summarize | None = None
-    for index, operator in enumerate(query.operators):
-        if summarize is not None:
-            raise _error("operators after summarize are not supported", operator.pos)
+    summarized: _Summarized | None = None
+    row_constants: list[RowConstant] = []
+    for operator, lets in stages:
+        scope.lets = lets
+        if summarized is not None:
+            if not isinstance(operator, Extend):
+                raise _error(
+                    "operators after summarize are not supported: only '| extend Name = constant' may follow it",
+                    operator.pos,
+                )
+            added = _row_constants(operator, lets, summarized.names)
+            row_constants.extend(added)
+            summarized.names.extend(constant.name for constant in added)
+            continue
         if isinstance(operator, Where):
+            scope.context = "in the condition of 'where'"
             for conjunct in _conjuncts(operator.predicate):
                 if window.take(compiler, conjunct):
                     continue
                 compiled.append(compiler.condition(conjunct))
                 condition_texts.append(unparse(conjunct))
         elif isinstance(operator, Extend):
+            scope.context = "in 'extend'"
             for assignment in operator.assignments:
                 value = compiler.constant(assignment.value, f"extend {assignment.name}")
                 if not isinstance(value, Const) or value.type == "now":
@@ -437,14 +499,97 @@ def _compile(query: Query, text: str) -> CompiledQuery:
                     raise _error(f"extend {assignment.name!r} would replace a column", assignment.pos)
                 scope.constants[assignment.name] = value
         else:
-            summarize = operator
-            if index != len(query.operators) - 1:
-                raise _error("operators after summarize are not supported", query.operators[index + 1].pos)
-    if summarize is None:
-        last = query.operators[-1].pos if query.operators else table.pos
+            condition_columns = frozenset(scope.used)
+            summarized = _summarize(compiler, scope, operator, condition_columns)
+    if summarized is None:
+        last = stages[-1][0].pos if stages else query.table.pos
         raise _error("the query must end with '| summarize ... by ...'", last)
-    condition_columns = frozenset(scope.used)
+    if unused:
+        let = unused[0]
+        raise _error(
+            f"let {let.name!r} binds a tabular expression the query does not use: rmmwatch runs one pipeline "
+            "per rule; remove it",
+            let.pos,
+        )
 
+    where = conditions.all_of(compiled, table.pos)
+    used = set(scope.used) | {"Timestamp"}
+    return CompiledQuery(
+        text=text,
+        table=table.name,
+        category=category,
+        schema=schema,
+        columns=frozenset(used),
+        condition_columns=summarized.condition_columns,
+        window=window.window(),
+        conditions=tuple(compiled),
+        condition_texts=tuple(condition_texts),
+        required=where.required,
+        group_by=summarized.group_by,
+        group_by_types=summarized.group_by_types,
+        constants=summarized.constants,
+        aggregates=summarized.aggregates,
+        row_constants=tuple(row_constants),
+        warnings=query.warnings,
+        _evaluate=where.evaluate,
+    )
+
+
+def _pipeline(
+    query: Query, compiler: _Compiler, schema: Mapping[str, KqlType]
+) -> tuple[list[_Stage], list[TabularLet]]:
+    """Bind the ``let``s in order and unfold the query's pipeline through its tabular ``let``s.
+
+    Returns the stages (each with the scalar lets it sees) and the tabular lets left unused.
+    """
+    scope = compiler.scope
+    pipelines: dict[str, list[_Stage]] = {}
+    unused: dict[str, TabularLet] = {}
+    for let in query.lets:
+        if let.name in schema:
+            raise _error(f"let {let.name!r} shadows a column of {scope.table}", let.pos)
+        if isinstance(let, TabularLet):
+            stages = list(pipelines.get(let.source.name, ()))
+            unused.pop(let.source.name, None)
+            snapshot = dict(scope.lets)
+            pipelines[let.name] = stages + [(operator, snapshot) for operator in let.operators]
+            unused[let.name] = let
+        else:
+            scope.context = f"in 'let {let.name} = ...'"
+            scope.lets[let.name] = compiler.constant(let.value, f"let {let.name}")
+            pipelines.pop(let.name, None)
+            unused.pop(let.name, None)
+        scope.tables = frozenset(pipelines)
+    stages = list(pipelines.get(query.table.name, ()))
+    unused.pop(query.table.name, None)
+    final = dict(scope.lets)
+    stages.extend((operator, final) for operator in query.operators)
+    return stages, list(unused.values())
+
+
+class _Summarized:
+    """What ``summarize`` compiled to, and the names of the summarized rows' columns so far."""
+
+    def __init__(
+        self,
+        group_by: tuple[str, ...],
+        group_by_types: tuple[KqlType, ...],
+        aggregates: tuple[AggregateSpec, ...],
+        constants: dict[str, Any],
+        condition_columns: frozenset[str],
+    ) -> None:
+        self.group_by = group_by
+        self.group_by_types = group_by_types
+        self.aggregates = aggregates
+        self.constants = constants
+        self.condition_columns = condition_columns
+        self.names = [*group_by, *(a.name for a in aggregates)]
+
+
+def _summarize(
+    compiler: _Compiler, scope: _Scope, summarize: Summarize, condition_columns: frozenset[str]
+) -> _Summarized:
+    scope.context = "in 'summarize ... by'"
     group_by: list[str] = []
     group_by_types: list[KqlType] = []
     for column in summarize.by:
@@ -458,32 +603,41 @@ def _compile(query: Query, text: str) -> CompiledQuery:
         if column.name in group_by:
             raise _error(f"{column.name!r} appears twice after 'by'", column.pos)
         group_by.append(column.name)
+    scope.context = "in an aggregation of 'summarize'"
     aggregates = tuple(_aggregate(compiler, scope, a) for a in summarize.aggregates)
     names = list(group_by)
     for agg, node in zip(aggregates, summarize.aggregates, strict=True):
         if agg.name in names:
             raise _error(f"duplicate output column {agg.name!r}", node.pos)
         names.append(agg.name)
+    return _Summarized(tuple(group_by), tuple(group_by_types), aggregates, _constants(scope), condition_columns)
 
-    where = conditions.all_of(compiled, table.pos)
-    used = set(scope.used) | {"Timestamp"}
-    return CompiledQuery(
-        text=text,
-        table=table.name,
-        category=category,
-        schema=schema,
-        columns=frozenset(used),
-        condition_columns=condition_columns,
-        window=window.window(),
-        conditions=tuple(compiled),
-        condition_texts=tuple(condition_texts),
-        required=where.required,
-        group_by=tuple(group_by),
-        group_by_types=tuple(group_by_types),
-        constants=_constants(scope),
-        aggregates=aggregates,
-        _evaluate=where.evaluate,
-    )
+
+def _row_constants(extend: Extend, lets: dict[str, Const | ConstList], columns: Sequence[str]) -> list[RowConstant]:
+    """``| extend Name = constant`` after summarize: a constant column of every row (docs/semantics.md §1)."""
+    scope = _Scope({})
+    scope.lets = lets
+    scope.outputs = frozenset(columns)
+    scope.context = "in 'extend' after summarize"
+    compiler = _Compiler(scope)
+    names = list(columns)
+    out: list[RowConstant] = []
+    for assignment in extend.assignments:
+        value = compiler.constant(assignment.value, f"extend {assignment.name}")
+        if not isinstance(value, Const) or value.type == "now":
+            raise _error(
+                f"extend {assignment.name} after summarize: only scalar constants are supported", assignment.pos
+            )
+        if assignment.name in names:
+            raise _error(
+                f"extend {assignment.name!r} after summarize would replace the column {assignment.name!r} of the "
+                "summarized rows",
+                assignment.pos,
+            )
+        names.append(assignment.name)
+        kind = None if value.type == "null" else cast("KqlType", value.type)
+        out.append(RowConstant(assignment.name, value.value, kind))
+    return out
 
 
 def _constants(scope: _Scope) -> dict[str, Any]:
@@ -566,20 +720,36 @@ def _aggregate(compiler: _Compiler, scope: _Scope, node: Aggregate) -> Aggregate
     raise _error(f"unknown aggregation {func!r}", node.pos)
 
 
-def compile_condition(text: str, schema: Mapping[str, KqlType]) -> tuple[Condition, frozenset[str]]:
-    """Compile a standalone predicate (an exclusion's ``where``): the condition and its columns."""
+def compile_condition(
+    text: str, schema: Mapping[str, KqlType], warnings: list[KqlWarning] | None = None
+) -> tuple[Condition, frozenset[str]]:
+    """Compile a standalone predicate (an exclusion's ``where``): the condition and its columns.
+
+    The parser's warnings (positions in ``text``) are appended to ``warnings`` when given.
+    """
     try:
         query = parse(f"T | where {text}")
     except KqlError as exc:
         raise _shift(exc) from None
+    if warnings is not None:
+        warnings.extend(_shift_warning(w) for w in query.warnings)
     if len(query.operators) != 1 or not isinstance(query.operators[0], Where):
         raise KqlError("an exclusion is one predicate, not a pipeline", 1, 1)
     scope = _Scope(schema)
+    scope.context = "in an exclusion"
     try:
         condition = _Compiler(scope).condition(query.operators[0].predicate)
     except KqlError as exc:
         raise _shift(exc) from None
     return condition, frozenset(scope.used)
+
+
+_PREFIX = len("T | where ")
+
+
+def _shift_warning(warning: KqlWarning) -> KqlWarning:
+    column = warning.column - _PREFIX if warning.line == 1 else warning.column
+    return KqlWarning(warning.message, warning.line, max(column, 1))
 
 
 def _shift(exc: KqlError) -> KqlError:

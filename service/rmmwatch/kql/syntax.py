@@ -3,6 +3,9 @@
 Every node carries a 1-based line and column (where it starts, or its operator), so that
 the compiler can say exactly which construct it refuses. ``and``/``or`` chains are one flat
 :class:`Logical` node however many terms they have, so nothing walks them recursively.
+A query is its ``let`` statements (scalar :class:`Let` and tabular :class:`TabularLet`, in
+order), the name its pipeline starts from (a table, or a name bound by a tabular ``let``)
+and that pipeline's operators (docs/semantics.md §1).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from rmmwatch.kql.datetimes import format_datetime, timespan_literal
+from rmmwatch.kql.errors import KqlWarning
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +167,32 @@ Operator: TypeAlias = Where | Extend | Summarize
 
 
 @dataclass(frozen=True, slots=True)
-class Query:
-    """A whole query: ``let`` statements, a table, its operators."""
+class TabularLet:
+    """``let name = Source | op | ...;``: a name bound to a pipeline.
 
-    lets: tuple[Let, ...]
+    ``source`` is a table or the name of an earlier tabular ``let``; the pipeline sees the
+    ``let`` names bound before it (KQL's scoping).
+    """
+
+    name: str
+    source: Name
+    operators: tuple[Operator, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A whole query: ``let`` statements in order, the pipeline's source and its operators.
+
+    ``table`` is the name the query's pipeline starts from: a table, or a tabular ``let``
+    (the AHQ form ``let rmmX = T | ...; rmmX``). ``warnings`` are what the parser found
+    valid but suspicious (adjacent string literals).
+    """
+
+    lets: tuple[Let | TabularLet, ...]
     table: Name
     operators: tuple[Operator, ...]
+    warnings: tuple[KqlWarning, ...] = ()
 
 
 def unparse(expr: Expr) -> str:
