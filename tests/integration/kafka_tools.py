@@ -73,15 +73,21 @@ async def read_all(bootstrap: str, topic: str, expect_at_least: int = 0, timeout
     return records
 
 
-async def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    """The sum of a group's committed offsets over a topic's partitions."""
+async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    """A group's committed offset of every partition it committed, as the broker has them."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
     finally:
         await admin.close()
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and tp.partition < partitions)
+    return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
+async def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """The sum of a group's committed offsets over a topic's partitions."""
+    offsets = await committed_offsets(bootstrap, group)
+    return sum(offset for (name, partition), offset in offsets.items() if name == topic and partition < partitions)
 
 
 def partitions_of(topic: str, count: int) -> list[TopicPartition]:

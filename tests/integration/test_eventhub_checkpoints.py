@@ -256,7 +256,7 @@ async def test_a_lost_partition_gets_no_stale_checkpoint(azurite: str) -> None:
             await _until(
                 lambda: a.ready()[1] == b.ready()[1] == "1 partition(s) owned", 30, "B to take a partition from A"
             )
-            (kept,) = a._owned
+            (kept,) = a.ledger.owned()
             assert set(held.position) == {"0", "1"}, "positions are cumulative: the last one covers both"
             await a.commit(held.position)
             assert await checkpoints(azurite, container, two) == {kept: handed_out[kept]}

@@ -20,7 +20,7 @@ from rmmwatch.kafka_client import KafkaSettings
 from rmmwatch.sources.base import Batch
 from rmmwatch.sources.kafka import KafkaSource
 from rmmwatch.sources.kafka_confluent import ConfluentKafkaSource
-from tests.integration.kafka_tools import create_topic, produce
+from tests.integration.kafka_tools import committed_offsets, create_topic, produce
 
 AnyKafkaSource = KafkaSource | ConfluentKafkaSource
 CLIENTS = {"aiokafka": KafkaSource, "confluent": ConfluentKafkaSource}
@@ -199,7 +199,7 @@ async def test_commit_never_moves_backwards(client: str, kafka_bootstrap: str, t
                 batches.append(batch)
         await source.commit(batches[1].position)
         await source.commit(batches[0].position)
-        assert await source.committed_offsets() == {(topic_name, 0): 40}
+        assert await committed_offsets(kafka_bootstrap, group) == {(topic_name, 0): 40}
     finally:
         await source.close()
 
@@ -220,7 +220,7 @@ async def test_a_partition_missing_from_the_newest_batch_is_still_committed(
         assert first and second
         assert {b.locate(0)["partition"] for b in second} == {1}, "the newest batches hold partition 1 only"
         await source.commit(second[-1].position)
-        committed = await source.committed_offsets()
+        committed = await committed_offsets(kafka_bootstrap, group)
     finally:
         await source.close()
     assert committed == {(topic_name, 0): 15, (topic_name, 1): 10}
