@@ -37,12 +37,21 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
 
 async def produce(bootstrap: str, topic: str, values: Sequence[bytes], partitions: int, **options: Any) -> None:
     """Spread ``values`` round-robin over the partitions, acks=all."""
+    await _send(bootstrap, topic, [(i % partitions, value) for i, value in enumerate(values)], **options)
+
+
+async def produce_to(bootstrap: str, topic: str, partition: int, values: Sequence[bytes]) -> None:
+    """Every one of ``values`` to one partition, in order, acks=all."""
+    await _send(bootstrap, topic, [(partition, value) for value in values])
+
+
+async def _send(bootstrap: str, topic: str, records: Sequence[tuple[int, bytes]], **options: Any) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=4_000_000, **options
     )
     await producer.start()
     try:
-        futures = [await producer.send(topic, value, partition=i % partitions) for i, value in enumerate(values)]
+        futures = [await producer.send(topic, value, partition=partition) for partition, value in records]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
