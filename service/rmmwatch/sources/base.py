@@ -1,8 +1,12 @@
 """The source seam: batches of raw message bytes with an opaque position to commit.
 
 Nothing above a source knows its transport. The loop commits a position only after the
-batch's state and alerts are durable and delivered (DESIGN.md's commit order), and a
+batch's state and alerts are durable and delivered (the commit order, docs/architecture.md), and a
 source resumes from its last committed position after a restart.
+
+Beside the protocol, what several sources share: :class:`LocalSource` (the sources outside any group) and
+:func:`cancel` (ending a source's background task). The partitioned sources share their bookkeeping through
+``sources/partitions.py``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Required, TypedDict
 
 from rmmwatch.kafka_client import KafkaSettings, describe_error
@@ -194,7 +194,7 @@ class KafkaCore:
         self._apply_pause()
 
     # -- the steps the clients share -------------------------------------------------------
-    def _batch(self, messages: list[bytes], last: Mapping[Key, int], origin: Any) -> Batch:
+    def _batch(self, messages: list[bytes], last: Mapping[Key, int], origin: Callable[[int], Origin]) -> Batch:
         """A batch of ``messages`` whose partitions end at ``last`` (next offsets); ``origin(i)`` is message i's
         (topic, partition, offset)."""
         position = self.ledger.hand_out(last)

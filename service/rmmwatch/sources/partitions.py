@@ -43,14 +43,15 @@ K = TypeVar("K", bound=Hashable)
 
 
 class Mark(NamedTuple):
-    """Where a partition stands in a position: the mark, the generation it was handed out in, its token."""
+    """Where a partition stands in a position: its mark, the generation it was owned in when the position was
+    made, and the mark's token."""
 
     value: int
     generation: int
     token: Any = None
 
 
-NO_GENERATION = -1  # a partition handed out while not owned (it was just revoked): never committed
+NO_GENERATION = -1  # in a position made while the partition was not owned (revoked, not yet assigned): never committed
 
 
 class PartitionLedger(Generic[K]):
