@@ -20,6 +20,7 @@ import os
 import socket
 import ssl
 import struct
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,9 +156,21 @@ class KafkaSettings:
         return factory()
 
 
-def describe_error(exc: BaseException) -> str:
-    """A Kafka client error as one line, with secrets redacted (aiokafka errors can echo config)."""
-    return redactor.redact(f"{type(exc).__name__}: {exc}")
+def describe_error(error: object) -> str:
+    """An error of either Kafka client, or of the Event Hubs SDK, as one line with secrets redacted.
+
+    The one describer of transport errors: aiokafka's messages can echo configuration, the Azure SDK's span
+    lines (and may echo addresses), librdkafka's come as an error object wrapped in ``KafkaException`` (its
+    name says more than the wrapper's). So: the librdkafka error's name and text, or the exception's type and
+    its text on one line (``no detail`` when it has none), then the redactor.
+    """
+    librdkafka = sys.modules.get("confluent_kafka")  # not imported: the error cannot be one of its
+    if librdkafka is not None:
+        wrapped = error.args[0] if isinstance(error, librdkafka.KafkaException) and error.args else error
+        if isinstance(wrapped, librdkafka.KafkaError):
+            return redactor.redact(f"{wrapped.name()}: {wrapped.str()}")
+    text = " ".join(str(error).split()) or "no detail"
+    return redactor.redact(f"{type(error).__name__}: {text}")
 
 
 # -- why a connection failed -----------------------------------------------------------------

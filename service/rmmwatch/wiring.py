@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rmmwatch.app import App
 from rmmwatch.config import ConfigError, RunConfig
 from rmmwatch.events import Detector
 from rmmwatch.kafka_client import EVENTHUBS_USERNAME, EventHubsConnectionString, KafkaSettings
+from rmmwatch.logging import redactor
 from rmmwatch.metrics import Metrics
 from rmmwatch.rules import Rule
 from rmmwatch.sinks.base import AlertSink, DeadLetterSink
@@ -24,6 +25,9 @@ from rmmwatch.sources.base import Source
 from rmmwatch.stores import open_store
 from rmmwatch.stores.base import Store
 from rmmwatch.synthetic import GeneratorConfig
+
+if TYPE_CHECKING:
+    from rmmwatch.sources.eventhub_client import EventHubSettings
 
 
 def build_app(config: RunConfig, rules: Sequence[Rule]) -> App:
@@ -141,7 +145,7 @@ def source_for(config: RunConfig, metrics: Metrics | None = None) -> Source:
             exclusive=exclusive,
         )
     if spec == "eventhub":
-        from rmmwatch.sources.eventhub import EventHubSource, eventhub_settings  # noqa: PLC0415
+        from rmmwatch.sources.eventhub import EventHubSource  # noqa: PLC0415
 
         return EventHubSource(
             eventhub_settings(config), max_messages=config.batch_max_messages, metrics=metrics, exclusive=exclusive
@@ -183,6 +187,59 @@ def kafka_settings(config: RunConfig) -> KafkaSettings:
         ssl_key_file=config.kafka_ssl_key_file,
         ssl_check_hostname=config.kafka_ssl_check_hostname,
         session_timeout_ms=config.kafka_session_timeout_ms,
+    )
+
+
+def eventhub_settings(config: RunConfig) -> EventHubSettings:
+    """The Event Hubs source's settings from ``run``'s options, validated (ConfigError names the option)."""
+    from rmmwatch.sources.eventhub_client import EventHubSettings, start_position  # noqa: PLC0415
+
+    text = config.eventhub_connection_string
+    fqns = config.eventhub_fully_qualified_namespace
+    if text and fqns:
+        raise ConfigError("give either --eventhub-connection-string or --eventhub-fully-qualified-namespace, not both")
+    entity: str | None = None
+    if text:
+        connection = EventHubsConnectionString(text)
+        namespace, entity = connection.host, connection.entity_path
+    elif fqns:
+        namespace = fqns.strip().removeprefix("sb://").rstrip("/")
+    else:
+        raise ConfigError(
+            "the eventhub source needs --eventhub-connection-string or --eventhub-fully-qualified-namespace (Entra ID)"
+        )
+    hub = config.eventhub_name or entity
+    if not hub:
+        raise ConfigError("the eventhub source needs --eventhub-name (or an EntityPath in the connection string)")
+    if entity and config.eventhub_name and entity != config.eventhub_name:
+        raise ConfigError(f"--eventhub-name {config.eventhub_name!r} differs from the connection string's EntityPath")
+    if config.eventhub_checkpoint_connection_string and config.eventhub_checkpoint_account_url:
+        raise ConfigError(
+            "give either --eventhub-checkpoint-connection-string or --eventhub-checkpoint-account-url, not both"
+        )
+    if config.eventhub_checkpoint_connection_string:
+        for piece in config.eventhub_checkpoint_connection_string.split(";"):
+            key, _, value = piece.partition("=")
+            if key.strip().lower() in ("accountkey", "sharedaccesssignature"):
+                redactor.register(value.strip())
+    start_position(config.eventhub_start)
+    if config.eventhub_load_balancing_interval <= 0:
+        raise ConfigError("--eventhub-load-balancing-interval must be positive")
+    if config.eventhub_ownership_expiry <= config.eventhub_load_balancing_interval:
+        raise ConfigError("--eventhub-ownership-expiry must be longer than --eventhub-load-balancing-interval")
+    return EventHubSettings(
+        namespace=namespace,
+        hub=hub,
+        consumer_group=config.eventhub_consumer_group,
+        connection_string=text or None,
+        checkpoint_connection_string=config.eventhub_checkpoint_connection_string or None,
+        checkpoint_account_url=config.eventhub_checkpoint_account_url or None,
+        checkpoint_container=config.eventhub_checkpoint_container,
+        checkpoint_api_version=config.eventhub_checkpoint_api_version or None,
+        start=config.eventhub_start,
+        load_balancing=config.eventhub_load_balancing,
+        load_balancing_interval_s=config.eventhub_load_balancing_interval,
+        ownership_expiry_s=config.eventhub_ownership_expiry,
     )
 
 

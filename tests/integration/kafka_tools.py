@@ -37,12 +37,21 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
 
 async def produce(bootstrap: str, topic: str, values: Sequence[bytes], partitions: int, **options: Any) -> None:
     """Spread ``values`` round-robin over the partitions, acks=all."""
+    await _send(bootstrap, topic, [(i % partitions, value) for i, value in enumerate(values)], **options)
+
+
+async def produce_to(bootstrap: str, topic: str, partition: int, values: Sequence[bytes]) -> None:
+    """Every one of ``values`` to one partition, in order, acks=all."""
+    await _send(bootstrap, topic, [(partition, value) for value in values])
+
+
+async def _send(bootstrap: str, topic: str, records: Sequence[tuple[int, bytes]], **options: Any) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=4_000_000, **options
     )
     await producer.start()
     try:
-        futures = [await producer.send(topic, value, partition=i % partitions) for i, value in enumerate(values)]
+        futures = [await producer.send(topic, value, partition=partition) for partition, value in records]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -73,15 +82,21 @@ async def read_all(bootstrap: str, topic: str, expect_at_least: int = 0, timeout
     return records
 
 
-async def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    """The sum of a group's committed offsets over a topic's partitions."""
+async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    """A group's committed offset of every partition it committed, as the broker has them."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
     finally:
         await admin.close()
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and tp.partition < partitions)
+    return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
+async def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """The sum of a group's committed offsets over a topic's partitions."""
+    offsets = await committed_offsets(bootstrap, group)
+    return sum(offset for (name, partition), offset in offsets.items() if name == topic and partition < partitions)
 
 
 def partitions_of(topic: str, count: int) -> list[TopicPartition]:

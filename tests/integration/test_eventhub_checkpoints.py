@@ -5,7 +5,8 @@
 * The checkpoint follows the loop's commit order: while an alert waits for delivery nothing is checkpointed,
   a restart then reads the batch again from the previous checkpoint, and a restart after the commit resumes
   after it.
-* A partition lost to another consumer gets no checkpoint from the batch its old owner still held.
+* (A partition lost to another consumer gets no checkpoint from the batch its old owner still held: a clause of
+  the source contract, tests/contract/test_source_contract.py.)
 * ``--eventhub-checkpoint-api-version`` is passed to the blob client, and one the SDK does not know is refused.
 """
 
@@ -231,39 +232,6 @@ async def test_checkpoint_only_after_delivery_and_restarts_read_from_the_last_on
         assert await running == 0
     assert [a.document()["group"]["DeviceId"] for a in after.sent] == ["b"]
     assert metrics.registry.get_sample_value("rmmwatch_messages_total", {"source": "eventhub"}) == 1
-
-
-async def test_a_lost_partition_gets_no_stale_checkpoint(azurite: str) -> None:
-    """A holds an uncommitted position covering two partitions; B takes one of them; A's commit then
-    checkpoints only the partition it kept."""
-    two = EventHubEndpoint(hub="defender", partitions=2).start()
-    try:
-        container = container_name()
-        same = settings(two, azurite, container)
-        append_round_robin(two, [orjson.dumps({"n": i}) for i in range(80)])
-        a = EventHubSource(same, max_messages=10)
-        b = EventHubSource(same, max_messages=10)
-        await a.start()
-        try:
-            handed_out: dict[str, int] = {}
-            while len(handed_out) < 2:
-                held = await a.fetch(1.0)
-                if held is not None:
-                    for i in range(len(held.messages)):
-                        origin = held.locate(i)
-                        handed_out[origin["partition"]] = origin["sequence_number"]
-            await b.start()
-            await _until(
-                lambda: a.ready()[1] == b.ready()[1] == "1 partition(s) owned", 30, "B to take a partition from A"
-            )
-            (kept,) = a._owned
-            assert set(held.position) == {"0", "1"}, "positions are cumulative: the last one covers both"
-            await a.commit(held.position)
-            assert await checkpoints(azurite, container, two) == {kept: handed_out[kept]}
-        finally:
-            await asyncio.gather(a.close(), b.close())
-    finally:
-        two.stop()
 
 
 async def test_checkpoint_api_version_is_pinned_or_refused(endpoint: EventHubEndpoint, azurite: str) -> None:

@@ -13,7 +13,8 @@ import pytest
 
 from rmmwatch.config import ConfigError, RunConfig, add_run_options, resolve
 from rmmwatch.logging import redactor
-from rmmwatch.sources.eventhub import EventHubSource, eventhub_settings, start_position
+from rmmwatch.sources.eventhub import EventHubSource, start_position
+from rmmwatch.wiring import eventhub_settings
 
 NAMESPACE_STRING = "Endpoint=sb://contoso.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey=K3yK3yK3y="
 STORAGE = (

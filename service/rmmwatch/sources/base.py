@@ -3,11 +3,17 @@
 Nothing above a source knows its transport. The loop commits a position only after the
 batch's state and alerts are durable and delivered (the commit order, docs/architecture.md §2), and a
 source resumes from its last committed position after a restart.
+
+Beside the protocol, what several sources share: :class:`LocalSource` (the sources outside any group) and
+:func:`cancel` (ending a source's background task). The partitioned sources share their bookkeeping through
+``sources/partitions.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,3 +63,35 @@ class Source(Protocol):
 
     async def close(self) -> None:
         """Leave the group, close connections (idempotent)."""
+
+
+class LocalSource:
+    """What the sources outside any group share (file, stdin, synthetic): nothing fatal to find while running, and
+    pause as a flag that ``fetch`` honours through :meth:`_idle_while_paused`."""
+
+    _paused = False
+
+    def problem(self) -> str | None:
+        return None
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    async def _idle_while_paused(self, timeout_s: float) -> bool:
+        """Whether paused; if so, after idling a little of ``timeout_s`` (``fetch`` then returns None)."""
+        if not self._paused:
+            return False
+        await asyncio.sleep(min(timeout_s, 0.1))
+        return True
+
+
+async def cancel(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task of a source (if any) and wait until it has ended, whatever it raised."""
+    if task is None:
+        return
+    task.cancel()
+    with suppress(asyncio.CancelledError, Exception):
+        await task

@@ -23,14 +23,14 @@ from typing import IO, Any
 import orjson
 
 from rmmwatch.logging import get_logger
-from rmmwatch.sources.base import Batch, SourceUnavailable
+from rmmwatch.sources.base import Batch, LocalSource, SourceUnavailable
 
 log = get_logger("rmmwatch.sources.file")
 
 _CHUNK = 1 << 20
 
 
-class FileSource:
+class FileSource(LocalSource):
     """A file or stdin as a stream of messages."""
 
     def __init__(
@@ -59,7 +59,6 @@ class FileSource:
         self._whole = False
         self._committed: int | None = None
         self._stdin_read: asyncio.Task[bytes] | None = None
-        self._paused = False
         self._checkpoint_retry = _CheckpointRetry()
 
     @property
@@ -126,18 +125,8 @@ class FileSource:
         self._buffer = whole
         self._whole = True
 
-    def problem(self) -> str | None:
-        return None
-
-    def pause(self) -> None:
-        self._paused = True
-
-    def resume(self) -> None:
-        self._paused = False
-
     async def fetch(self, timeout_s: float) -> Batch | None:
-        if self._paused:
-            await asyncio.sleep(min(timeout_s, 0.1))
+        if await self._idle_while_paused(timeout_s):
             return None
         if self._file is None or self._done:
             return None

@@ -1,14 +1,15 @@
-"""Kafka through librdkafka (confluent-kafka): the same source contract as ``sources/kafka.py``.
+"""Kafka through librdkafka (confluent-kafka): the I/O under ``sources/kafka_core.py``, the same contract as
+``sources/kafka.py``.
 
 Why a second client: on the read path aiokafka decodes every record batch in Python with the
 GIL held; librdkafka fetches and decodes in C threads. ``load/bench.py`` measured the bare
 aiokafka consumer at a quarter of librdkafka's read rate, and rmmwatch's decode+match fed by
 librdkafka at about five times rmmwatch on aiokafka (load/README.md).
 
-The semantics are those of ``KafkaSource`` (module docstring there): cumulative positions
-tagged with the assignment generation, commits only of partitions still held in the same
-generation and never backwards, a revoke that waits for the batches already handed out, a
-new group's start at earliest, latest or a time, lag and reachability probes, pause/resume.
+The semantics are the core's (module docstring there): cumulative positions tagged with the assignment
+generation, commits only of partitions still held in the same generation and never backwards, a revoke
+that waits for the batches already handed out, a new group's start at earliest, latest or a time, lag and
+reachability probes, pause/resume.
 
 Threading: ``confluent_kafka.Consumer`` is used from one thread only, ``rmmwatch-kafka``. Every
 call (consume, commit, committed, watermarks, pause) runs there. ``fetch`` consumes in short
@@ -16,6 +17,7 @@ slices and, between slices, serves the commit requests the loop queued, so a com
 most one slice behind a fetch. Rebalance callbacks run on that thread inside ``consume``; the
 revoke callback serves queued commits itself while it waits for the in-flight batches, which
 is how the loop's commit of the revoked batch reaches the broker before the partition moves.
+The partition ledger takes its own lock, so the thread and the event loop share it safely.
 """
 
 from __future__ import annotations
@@ -23,26 +25,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from confluent_kafka import OFFSET_END, OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from rmmwatch.kafka_client import KafkaSettings, connect_failure
-from rmmwatch.kql.datetimes import DatetimeError, parse_datetime
-from rmmwatch.logging import get_logger, redactor
-from rmmwatch.metrics import Metrics
+from rmmwatch.kafka_client import KafkaSettings, describe_error
+from rmmwatch.logging import redactor
 from rmmwatch.sources.base import Batch, SourceUnavailable
+from rmmwatch.sources.kafka_core import KafkaCore, KafkaOptions, Key, Origin, Position, log
 
-log = get_logger("rmmwatch.sources.kafka")
-
-Key = tuple[str, int]  # (topic, partition)
-Position = dict[Key, tuple[int, int]]  # partition -> (next offset, generation)
 T = TypeVar("T")
+Found = tuple[list[bytes], list[Origin], dict[Key, int]]  # messages, where each came from, next offsets
 
 # Commit errors that mean "a rebalance superseded this member's view": dropped, the new owner re-reads.
 _SUPERSEDED = {
@@ -53,116 +50,60 @@ _SUPERSEDED = {
     KafkaError._ASSIGNMENT_LOST,
     KafkaError._STATE,
 }
+_UNREACHABLE = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
 _SLICE_S = 0.05
 
 
-def describe(error: object) -> str:
-    """A librdkafka error as one line, secrets redacted."""
-    if isinstance(error, KafkaException) and error.args and isinstance(error.args[0], KafkaError):
-        error = error.args[0]
-    if isinstance(error, KafkaError):
-        return redactor.redact(f"{error.name()}: {error.str()}")
-    return redactor.redact(f"{type(error).__name__}: {error}")
+def _keys(partitions: list[TopicPartition]) -> set[Key]:
+    return {(tp.topic, tp.partition) for tp in partitions}
 
 
-class ConfluentKafkaSource:
+class ConfluentKafkaSource(KafkaCore):
     """A consumer-group member reading raw message values through librdkafka."""
 
-    name = "kafka"
+    client = "confluent"
+    client_errors = (KafkaException,)
 
     def __init__(
         self,
         settings: KafkaSettings,
         topics: Sequence[str],
         *,
-        group_id: str,
-        start: str = "earliest",
-        max_messages: int = 500,
-        rebalance_wait_s: float = 20.0,
-        metrics: Metrics | None = None,
-        probe_interval_s: float = 5.0,
-        exclusive: bool = False,
         connect_timeout_s: float = 20.0,
+        **options: Unpack[KafkaOptions],
     ) -> None:
-        if not topics:
-            raise ValueError("the kafka source needs --kafka-topics (or an EntityPath in the connection string)")
-        self.settings = settings
-        self.topics = list(topics)
-        self.group_id = group_id
-        self.start_at = start
-        self._start_ms: int | None = None
-        if start not in ("earliest", "latest"):
-            try:
-                self._start_ms = parse_datetime(start) // 10_000
-            except DatetimeError:
-                raise ValueError(f"--kafka-start: use earliest, latest or an ISO 8601 time, not {start!r}") from None
-        self.max_messages = max_messages
-        self.rebalance_wait_s = rebalance_wait_s
-        self.metrics = metrics
-        self.probe_interval_s = probe_interval_s
-        self.exclusive = exclusive
+        """``connect_timeout_s``: how long ``start`` waits for the brokers' metadata; the rest as in KafkaCore."""
+        super().__init__(settings, topics, **options)
         self.connect_timeout_s = connect_timeout_s
         self._config = settings.librdkafka_config()  # refuses unsupported settings before anything starts
         self._consumer: Consumer | None = None
         self._thread: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-        self._generation: dict[Key, int] = {}
-        self._next_generation = 0
-        self._handed_out: dict[Key, int] = {}
-        self._committed: dict[Key, int] = {}
-        self._assigned: set[Key] = set()
-        self._commits: queue.SimpleQueue[tuple[list[TopicPartition], Future[None]]] = queue.SimpleQueue()
-        self._brokers_ok = False
-        self._paused = False
+        self._commits: queue.SimpleQueue[tuple[Position, Future[None]]] = queue.SimpleQueue()
         self._pause_applied = False  # what the consumer's thread last told librdkafka
         self._closing = False
         self._fatal: str | None = None
-        self._probe: asyncio.Task[None] | None = None
-        self._partial_since: float | None = None
-        self._problem: str | None = None
         self._partition_counts: dict[str, int] = {}
 
-    # -- the consumer's thread -----------------------------------------------------------
+    # -- the consumer's thread -------------------------------------------------------------
     async def _on_thread(self, function: Callable[..., T], *args: Any) -> T:
         if self._thread is None:
             raise SourceUnavailable("the kafka source is closed")
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
 
     def _error_cb(self, error: KafkaError) -> None:
-        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+        if error.code() in _UNREACHABLE:
             self._brokers_ok = False
         if error.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL):
-            self._fatal = describe(error)
+            self._fatal = describe_error(error)
         if error.fatal():
-            self._fatal = describe(error)
-        log.warning("kafka_client_error", error=describe(error))
+            self._fatal = describe_error(error)
+        log.warning("kafka_client_error", error=describe_error(error))
 
-    # -- lifecycle -----------------------------------------------------------------------
-    @property
-    def exhausted(self) -> bool:
-        return False
+    # -- lifecycle -------------------------------------------------------------------------
+    def _connected(self) -> bool:
+        return self._consumer is not None and self._thread is not None
 
-    def ready(self) -> tuple[bool, str]:
-        if self._consumer is None:
-            return False, "not started"
-        with self._lock:
-            assigned = len(self._assigned)
-        if not assigned:
-            return False, f"no partitions assigned in group {self.group_id!r}"
-        if not self._brokers_ok:
-            return False, "brokers unreachable"
-        return True, f"{assigned} partition(s) assigned"
-
-    def _where(self) -> str:
-        settings = self.settings
-        sasl = (
-            f", SASL {settings.sasl_mechanism} as {settings.sasl_username}"
-            if settings.security_protocol.startswith("SASL")
-            else ""
-        )
-        return f"{settings.bootstrap_servers} ({settings.security_protocol}{sasl})"
-
-    async def start(self) -> None:
+    async def _connect(self) -> None:
         config = {
             **self._config,
             "group.id": self.group_id,
@@ -183,15 +124,9 @@ class ConfluentKafkaSource:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmmwatch-kafka")
         try:
             await self._on_thread(self._start_blocking, config)
-        except KafkaException as exc:
+        except BaseException:
             await self._shutdown_thread()
-            raise SourceUnavailable(await connect_failure(self.settings, describe(exc))) from None
-        self._brokers_ok = True
-        self._probe = asyncio.create_task(self._probe_loop(), name="rmmwatch-kafka-probe")
-        log.info(
-            "kafka_started", topics=self.topics, group=self.group_id, bootstrap=self.settings.bootstrap_servers,
-            client="confluent",
-        )  # fmt: skip
+            raise
 
     def _start_blocking(self, config: dict[str, Any]) -> None:
         consumer = Consumer(config)
@@ -221,13 +156,11 @@ class ConfluentKafkaSource:
             if found is not None and found.error is None:
                 self._partition_counts[topic] = len(found.partitions)
 
-    async def close(self) -> None:
+    def _partition_count(self, topic: str) -> int:
+        return self._partition_counts.get(topic, 0)
+
+    async def _disconnect(self) -> None:
         self._closing = True
-        if self._probe is not None:
-            self._probe.cancel()
-            with suppress(asyncio.CancelledError, Exception):
-                await self._probe
-            self._probe = None
         if self._consumer is not None and self._thread is not None:
             with suppress(Exception):
                 await self._on_thread(self._close_blocking)
@@ -248,28 +181,14 @@ class ConfluentKafkaSource:
             if not future.done():
                 future.set_exception(SourceUnavailable("the kafka source closed before the commit"))
 
-    # -- reading -------------------------------------------------------------------------
-    def problem(self) -> str | None:
-        return self._problem
-
-    def pause(self) -> None:
-        self._paused = True
-
-    def resume(self) -> None:
-        self._paused = False
-
-    def _apply_pause(self, consumer: Consumer) -> None:
-        with self._lock:
-            held = [TopicPartition(t, p) for t, p in self._assigned]
-        if not held:
-            return
-        if self._paused:
-            consumer.pause(held)
-        else:
-            consumer.resume(held)
+    # -- reading (on the consumer's thread) ------------------------------------------------
+    def _apply_pause_blocking(self, consumer: Consumer) -> None:
+        held = [TopicPartition(topic, partition) for topic, partition in self.ledger.owned()]
+        if held:
+            (consumer.pause if self._paused else consumer.resume)(held)
 
     async def fetch(self, timeout_s: float) -> Batch | None:
-        if self._consumer is None or self._thread is None:
+        if not self._connected():
             return None
         try:
             found = await self._on_thread(self._fetch_blocking, timeout_s)
@@ -277,15 +196,10 @@ class ConfluentKafkaSource:
             return None
         if found is None:
             return None
-        messages, origins, position = found
+        messages, origins, last = found
+        return self._batch(messages, last, origins.__getitem__)
 
-        def locate(index: int) -> dict[str, Any]:
-            topic, partition, offset = origins[index]
-            return {"source": "kafka", "topic": topic, "partition": partition, "offset": offset}
-
-        return Batch(messages, position, locate)
-
-    def _fetch_blocking(self, timeout_s: float) -> tuple[list[bytes], list[tuple[str, int, int]], Position] | None:
+    def _fetch_blocking(self, timeout_s: float) -> Found | None:
         consumer = self._consumer
         if consumer is None:
             return None
@@ -293,28 +207,28 @@ class ConfluentKafkaSource:
         while True:
             self._serve_commits(consumer)
             if self._pause_applied is not self._paused:
-                self._apply_pause(consumer)
+                self._apply_pause_blocking(consumer)
                 self._pause_applied = self._paused
             remaining = deadline - time.monotonic()
             batch = consumer.consume(num_messages=self.max_messages, timeout=max(0.0, min(_SLICE_S, remaining)))
             if batch:
-                found = self._hand_out(batch)
+                found = self._unpack(batch)
                 if found is not None:
                     return found
             if time.monotonic() >= deadline:
                 self._serve_commits(consumer)
                 return None
 
-    def _hand_out(self, batch: list[Message]) -> tuple[list[bytes], list[tuple[str, int, int]], Position] | None:
+    def _unpack(self, batch: list[Message]) -> Found | None:
         messages: list[bytes] = []
-        origins: list[tuple[str, int, int]] = []
+        origins: list[Origin] = []
         last: dict[Key, int] = {}
         for message in batch:
             error = message.error()
             if error is not None:
                 if error.code() != KafkaError._PARTITION_EOF:
-                    self._brokers_ok = error.code() not in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
-                    log.warning("kafka_fetch_failed", error=describe(error))
+                    self._brokers_ok = error.code() not in _UNREACHABLE
+                    log.warning("kafka_fetch_failed", error=describe_error(error))
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is None or partition is None or offset is None:
@@ -323,34 +237,15 @@ class ConfluentKafkaSource:
             messages.append(value if isinstance(value, bytes) else b"")
             origins.append((topic, partition, offset))
             last[(topic, partition)] = offset + 1
-        if not messages:
-            return None
-        with self._lock:
-            for key, offset in last.items():
-                self._handed_out[key] = max(self._handed_out.get(key, 0), offset)
-            # Cumulative, as in KafkaSource: committing the newest batch covers every earlier one.
-            generation = self._generation
-            position: Position = {key: (offset, generation.get(key, -1)) for key, offset in self._handed_out.items()}
-        return messages, origins, position
+        return (messages, origins, last) if messages else None
 
-    # -- committing ----------------------------------------------------------------------
-    async def commit(self, position: Any) -> None:
-        if self._consumer is None or self._thread is None:
-            return
-        offsets: list[TopicPartition] = []
-        with self._lock:
-            for key, (offset, generation) in dict(position).items():
-                if key not in self._assigned or self._generation.get(key) != generation:
-                    continue  # revoked since: the new owner re-reads, the store absorbs duplicates
-                if offset <= self._committed.get(key, -1):
-                    continue
-                offsets.append(TopicPartition(key[0], key[1], offset))
-        if not offsets:
-            return
-        done: Future[None] = Future()
-        self._commits.put((offsets, done))
-        # Served by a fetch in progress (between slices), by a revoke callback, or by this job.
+    # -- committing ------------------------------------------------------------------------
+    async def _commit(self, plan: Position) -> None:
         thread = self._thread
+        assert thread is not None
+        done: Future[None] = Future()
+        self._commits.put((plan, done))
+        # Served by a fetch in progress (between slices), by a revoke callback, or by this job.
         with suppress(RuntimeError):
             thread.submit(self._serve_commits_now)
         await asyncio.wrap_future(done)
@@ -362,191 +257,91 @@ class ConfluentKafkaSource:
     def _serve_commits(self, consumer: Consumer) -> None:
         while True:
             try:
-                offsets, done = self._commits.get_nowait()
+                plan, done = self._commits.get_nowait()
             except queue.Empty:
                 return
             if done.done():
                 continue
             try:
-                self._commit_blocking(consumer, offsets)
+                self._commit_blocking(consumer, plan)
             except BaseException as exc:  # handed to the awaiting coroutine
                 done.set_exception(exc)
             else:
                 done.set_result(None)
 
-    def _still_newer(self, tp: TopicPartition) -> bool:
-        key = (tp.topic, tp.partition)
-        return key in self._assigned and tp.offset > self._committed.get(key, -1)
-
-    def _commit_blocking(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
-        with self._lock:  # re-checked here: a rebalance may have run since the request was queued
-            offsets = [tp for tp in offsets if self._still_newer(tp)]
-        if not offsets:
+    def _commit_blocking(self, consumer: Consumer, plan: Position) -> None:
+        plan = self.ledger.commit_plan(plan)  # again: a rebalance may have run since the request was queued
+        if not plan:
             return
+        offsets = [TopicPartition(topic, partition, mark.value) for (topic, partition), mark in plan.items()]
         try:
             results = consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if code in _SUPERSEDED:
-                log.info("kafka_commit_superseded_by_rebalance", error=describe(exc))
+            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() in _SUPERSEDED:
+                self._commit_superseded(exc)
                 return
-            self._brokers_ok = False
-            raise SourceUnavailable(f"kafka commit failed: {describe(exc)}") from None
-        with self._lock:
-            for tp in results or offsets:
-                if tp.error is None:
-                    key = (tp.topic, tp.partition)
-                    self._committed[key] = max(self._committed.get(key, -1), tp.offset)
-        self._brokers_ok = True
+            raise self._commit_failed(exc) from None
+        self._commit_done({key: plan[key] for key in _keys([tp for tp in results or offsets if tp.error is None])})
 
-    # -- rebalances (on the consumer's thread, inside consume) ---------------------------
+    # -- rebalances (on the consumer's thread, inside consume) -----------------------------
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        revoked = _keys(partitions)
         deadline = time.monotonic() + self.rebalance_wait_s
         while not self._closing:
             self._serve_commits(consumer)
-            with self._lock:
-                pending = [k for k in revoked if self._handed_out.get(k, 0) > self._committed.get(k, 0)]
-            if not pending:
-                break
-            if time.monotonic() >= deadline:
-                log.warning("kafka_revoked_with_uncommitted_batches", partitions=sorted(_name(k) for k in revoked))
+            if self._settled(revoked, deadline):
                 break
             time.sleep(0.02)
         self._forget(revoked)
-        log.info("kafka_partitions_revoked", partitions=sorted(_name(k) for k in revoked))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        lost = {(tp.topic, tp.partition) for tp in partitions}
-        self._forget(lost)
-        log.warning("kafka_partitions_lost", partitions=sorted(_name(k) for k in lost))
-
-    def _forget(self, keys: set[Key]) -> None:
-        with self._lock:
-            for key in keys:
-                self._assigned.discard(key)
-                self._generation.pop(key, None)
-                self._handed_out.pop(key, None)
-                self._committed.pop(key, None)
-        if self.metrics is not None:
-            for topic, partition in keys:
-                with suppress(KeyError):
-                    self.metrics.consumer_lag.remove(topic, str(partition))
+        self._forget(_keys(partitions), lost=True)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         timeout = max(5.0, self.settings.request_timeout_ms / 1000)
-        starts: dict[Key, int] = {}
+        committed: dict[Key, int] = {}
         for tp in consumer.committed(partitions, timeout=timeout):
             if tp.error is None and tp.offset >= 0:
-                starts[(tp.topic, tp.partition)] = tp.offset  # committed offsets always win
-        unset = [tp for tp in partitions if (tp.topic, tp.partition) not in starts]
-        chosen: dict[Key, int] = dict(starts)
+                committed[(tp.topic, tp.partition)] = tp.offset  # committed offsets always win
+        chosen: dict[Key, int] = dict(committed)
+        unset = [tp for tp in partitions if (tp.topic, tp.partition) not in committed]
         if unset and self._start_ms is not None:
             wanted = [TopicPartition(tp.topic, tp.partition, self._start_ms) for tp in unset]
             for tp in consumer.offsets_for_times(wanted, timeout=timeout):
                 found = tp.error is None and tp.offset >= 0
                 chosen[(tp.topic, tp.partition)] = tp.offset if found else OFFSET_END
-        with self._lock:
-            self._next_generation += 1
-            for tp in partitions:
-                key = (tp.topic, tp.partition)
-                self._generation[key] = self._next_generation
-                self._assigned.add(key)
-                tp.offset = chosen.get(key, OFFSET_INVALID)  # OFFSET_INVALID: auto.offset.reset
-                if key in starts:
-                    self._committed[key] = starts[key]
-                    self._handed_out[key] = starts[key]
+        keys = _keys(partitions)
+        self.ledger.assign(keys)
+        for tp in partitions:
+            tp.offset = chosen.get((tp.topic, tp.partition), OFFSET_INVALID)  # OFFSET_INVALID: auto.offset.reset
         consumer.assign(partitions)
         if self._paused:
             consumer.pause(partitions)
-        log.info("kafka_partitions_assigned", partitions=sorted(_name((tp.topic, tp.partition)) for tp in partitions))
+        self._assigned(keys, committed)
 
-    # -- lag and reachability ------------------------------------------------------------
-    async def committed_offsets(self) -> dict[tuple[str, int], int]:
-        """The group's committed offset of every assigned partition, read from the broker."""
-        return await self._on_thread(self._committed_blocking)
+    # -- lag and reachability --------------------------------------------------------------
+    async def _end_offsets(self, owned: list[Key]) -> dict[Key, int] | None:
+        return await self._on_thread(self._end_offsets_blocking, owned)
 
-    def _committed_blocking(self) -> dict[tuple[str, int], int]:
-        consumer = self._consumer
-        if consumer is None:
-            return {}
-        with self._lock:
-            held = [TopicPartition(t, p) for t, p in self._assigned]
-        return {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(held, timeout=10.0)}
-
-    def _probe_blocking(self) -> dict[Key, int] | None:
+    def _end_offsets_blocking(self, owned: list[Key]) -> dict[Key, int] | None:
         consumer = self._consumer
         if consumer is None:
             return None
         try:
-            metadata = consumer.list_topics(timeout=5.0)
+            self._note_partition_counts(consumer.list_topics(timeout=5.0))
         except KafkaException as exc:
-            if self._brokers_ok:
-                log.warning("kafka_brokers_unreachable", error=describe(exc))
-            self._brokers_ok = False
+            self._reachable(exc)
             return None
-        self._note_partition_counts(metadata)
-        with self._lock:
-            held = sorted(self._assigned)
         ends: dict[Key, int] = {}
-        for topic, partition in held:
+        for topic, partition in sorted(owned):
             try:
                 _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5.0)
             except KafkaException as exc:
-                log.warning("kafka_lag_unknown", error=describe(exc))
+                log.warning("kafka_lag_unknown", error=describe_error(exc))
                 return None
             ends[(topic, partition)] = high
-        if not self._brokers_ok:
-            log.info("kafka_brokers_reachable")
-        self._brokers_ok = True
+        self._reachable(None)
         return ends
-
-    def _check_exclusive(self) -> None:
-        """As in KafkaSource: a member that owns only part of the topics, with an unshared store,
-        means a second replica; tolerated for a while (a restarted pod's old member), then fatal."""
-        total = sum(self._partition_counts.get(topic, 0) for topic in self.topics)
-        with self._lock:
-            held = len(self._assigned)
-        if held >= total:
-            self._partial_since = None
-            return
-        now = time.monotonic()
-        if self._partial_since is None:
-            self._partial_since = now
-        grace = max(30.0, 3 * self.settings.session_timeout_ms / 1000)
-        if now - self._partial_since > grace:
-            self._problem = (
-                f"this process owns {held} of {total} partitions of {', '.join(self.topics)} in group "
-                f"{self.group_id!r}: another replica shares the group, and the sqlite store is single-process; "
-                "run one replica, or use --store redis://... for several"
-            )
-
-    async def _probe_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.probe_interval_s)
-            if self._consumer is None:
-                return
-            with self._lock:
-                if not self._assigned:
-                    continue
-            try:
-                ends = await self._on_thread(self._probe_blocking)
-            except (RuntimeError, SourceUnavailable):
-                return
-            if ends is None:
-                continue
-            if self.exclusive:
-                self._check_exclusive()
-            if self.metrics is None:
-                continue
-            for (topic, partition), end in ends.items():
-                with self._lock:
-                    committed = self._committed.get((topic, partition), 0)
-                self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(max(0, end - committed))
-
-
-def _name(key: Key) -> str:
-    return f"{key[0]}-{key[1]}"
 
 
 class _Logger:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from rmmwatch.sources.base import Batch
+from rmmwatch.sources.base import Batch, LocalSource
 from rmmwatch.synthetic import Generator, GeneratorConfig
 
 
-class SyntheticSource:
-    """Generates ``rate`` messages per second (0: as fast as possible), ``count`` in all (None: forever)."""
+class SyntheticSource(LocalSource):
+    """Generates ``rate`` messages per second, ``count`` in all, in batches of at most ``max_messages``."""
 
     name = "synthetic"
 
@@ -18,8 +18,8 @@ class SyntheticSource:
         self,
         config: GeneratorConfig,
         *,
-        rate: float = 20.0,
-        count: int | None = None,
+        rate: float = 20.0,  # messages per second (0: as fast as possible)
+        count: int | None = None,  # in all (None: forever)
         max_messages: int = 500,
     ) -> None:
         self.generator = Generator(config)
@@ -29,7 +29,6 @@ class SyntheticSource:
         self._produced = 0
         self._started_at = 0.0
         self._running = False
-        self._paused = False
 
     @property
     def exhausted(self) -> bool:
@@ -42,18 +41,8 @@ class SyntheticSource:
         self._started_at = asyncio.get_running_loop().time()
         self._running = True
 
-    def problem(self) -> str | None:
-        return None
-
-    def pause(self) -> None:
-        self._paused = True
-
-    def resume(self) -> None:
-        self._paused = False
-
     async def fetch(self, timeout_s: float) -> Batch | None:
-        if self._paused:
-            await asyncio.sleep(min(timeout_s, 0.1))
+        if await self._idle_while_paused(timeout_s):
             return None
         if self.exhausted:
             return None
