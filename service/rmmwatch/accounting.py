@@ -32,6 +32,8 @@ class Accounting:
         self.source_name = source_name
         self.rules = list(rules)
         self.stats = {"batches": 0, "messages": 0, "matches": 0, "alerts": 0}
+        #: Bad input by reason over the run (the "stopped" log line reports it)
+        self.bad_input_by_reason: dict[str, int] = {}
         self._problem_logs = RateLimiter(per_second=1.0, burst=20)
         self._excluded_logs = RateLimiter(per_second=5.0, burst=50)
         metrics.describe_rules({r.id: r.name for r in self.rules})
@@ -99,6 +101,7 @@ class Accounting:
         per_message: dict[int, list[Problem]] = {}
         for index, problem in result.problems:
             self.metrics.decode_errors.labels(reason=problem.reason).inc()
+            self.bad_input_by_reason[problem.reason] = self.bad_input_by_reason.get(problem.reason, 0) + 1
             origin = batch.locate(index)
             self._log_problem(problem, origin)
             if problem.record is None or problem.payload is None:

@@ -290,7 +290,7 @@ class App:
         if self.http is not None:
             await self.http.stop()
         self._detect_thread.shutdown(wait=False)
-        log.info("stopped", **self.stats)
+        log.info("stopped", **self.stats, bad_input=dict(sorted(self.accounting.bad_input_by_reason.items())))
 
     async def _drain(self) -> int:
         """Deliver what is left and commit, retrying up to the shutdown deadline: 0 if all done, else 1."""

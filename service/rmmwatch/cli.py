@@ -107,13 +107,17 @@ async def _hunt(args: argparse.Namespace) -> int:
 
     rules = _rules(args.rule, exclusions=not args.no_exclusions)
     now = _now_ticks(args.now)
-    detector = Detector(rules, max_message_bytes=args.max_message_bytes)
+    # --strict: no prefilter, so every message is parsed and every bad one reported (the prefilter skips, unparsed,
+    # messages that cannot match any rule: docs/semantics.md §8).
+    detector = Detector(
+        rules, max_message_bytes=args.max_message_bytes, prefilter_engine="off" if args.strict else "auto"
+    )
     hunt = Hunt(rules)
     excluded: dict[str, int] = {}
     bad: list[str] = []
-    bad_count = 0
+    bad_by_reason: dict[str, int] = {}
     for path in args.paths:
-        source = FileSource(path, max_messages=1000)
+        source = FileSource(path, max_messages=1000, max_message_bytes=args.max_message_bytes)
         try:
             await source.start()
         except OSError as exc:
@@ -127,7 +131,7 @@ async def _hunt(args: argparse.Namespace) -> int:
                 for item in result.excluded:
                     excluded[item.exclusion.name] = excluded.get(item.exclusion.name, 0) + 1
                 for index, problem in result.problems:
-                    bad_count += 1
+                    bad_by_reason[problem.reason] = bad_by_reason.get(problem.reason, 0) + 1
                     if len(bad) < 10:
                         where = batch.locate(index)
                         record = f" record {problem.record}" if problem.record is not None else ""
@@ -137,8 +141,10 @@ async def _hunt(args: argparse.Namespace) -> int:
         finally:
             await source.close()
     print_rows(hunt.rows(now), hunt.columns, args.format, sys.stdout)
-    if bad_count:
-        print(f"rmmwatch: skipped {bad_count} bad line(s) or record(s); first ones:", file=sys.stderr)
+    if bad_by_reason:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(bad_by_reason.items()))
+        total = sum(bad_by_reason.values())
+        print(f"rmmwatch: skipped {total} bad line(s) or record(s) ({reasons}); first ones:", file=sys.stderr)
         for line in bad:
             print(f"  {line}", file=sys.stderr)
     if excluded and not args.quiet:
@@ -301,7 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
     hunt.add_argument("--now", help="evaluate at this instant (ISO 8601, default: now)")
     hunt.add_argument("--no-exclusions", action="store_true", help="the bare query, without named exclusions")
     hunt.add_argument("--format", choices=formats, default="table")
-    hunt.add_argument("--max-message-bytes", type=int, default=1_048_576, help="larger lines are skipped")
+    hunt.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=1_048_576,
+        help="larger lines are reported as oversized (a larger JSON document is read element by element)",
+    )
+    hunt.add_argument(
+        "--strict",
+        action="store_true",
+        help="parse every line, also those no rule can match, so that every bad one is reported",
+    )
     hunt.add_argument("--quiet", action="store_true", help="do not report excluded records on stderr")
 
     state = commands.add_parser("state", help="print the current state of a store, as hunt would print it")
@@ -348,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "run":
+        from rmmwatch.logging import configure  # noqa: PLC0415
+
+        # The tools print their answer on stdout: their log lines (warnings and worse) go to stderr.
+        configure("warning", "console")
     try:
         if args.command == "version":
             print(f"rmmwatch {__version__}")

@@ -153,7 +153,10 @@ class Detector:
             size = len(raw)
             result.bytes += size
             if size > limit:
-                result.problems.append((index, Problem(OVERSIZED, f"{size} bytes is over the {limit}-byte limit")))
+                # A replayed line or document element longer than the limit arrives as its prefix (framing.py's
+                # Oversized), with its real size: reported as that size, dead-lettered as the prefix.
+                full = getattr(raw, "full_size", size)
+                result.problems.append((index, Problem(OVERSIZED, f"{full} bytes is over the {limit}-byte limit")))
             elif prefilter(raw):
                 result.candidates += 1
                 self._decode_message(raw, index, result)

@@ -121,7 +121,13 @@ def source_for(config: RunConfig, metrics: Metrics | None = None) -> Source:
         checkpoint = config.checkpoint
         if checkpoint is None and path != "-" and config.store != "memory":
             checkpoint = os.path.join(config.data_dir, "file-offset.json")
-        return FileSource(path, follow=config.follow, checkpoint=checkpoint, max_messages=config.batch_max_messages)
+        return FileSource(
+            path,
+            follow=config.follow,
+            checkpoint=checkpoint,
+            max_messages=config.batch_max_messages,
+            max_message_bytes=config.max_message_bytes,
+        )
     if spec == "kafka":
         settings = kafka_settings(config)
         topics = config.kafka_topics or ([settings.default_topic] if settings.default_topic else [])

@@ -341,3 +341,67 @@ def test_redis_cluster_is_refused_until_it_works(tmp_path: Path) -> None:
                       "--metrics-port", "-1", "--data-dir", str(tmp_path))  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]
     assert b"--redis-cluster is not supported yet" in result.stderr
+
+
+# -- no silent loss in hunt and the file source -------------------------------------------------------------
+
+
+def _hunt_json(path: Path, *extra: str) -> tuple[list[dict[str, object]], str]:
+    result = rmmwatch("hunt", "--rule", str(SEED_RULE), "--now", "2026-11-20T12:00:00Z", "--format", "json",
+                      *extra, str(path))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return orjson.loads(result.stdout), result.stderr.decode()
+
+
+def _devices(count: int) -> list[dict[str, object]]:
+    return [row(ticks=T0 - i, device=f"d{i}") for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("name", "encode"),
+    [
+        ("bom-ndjson", lambda rows: b"\xef\xbb\xbf" + ndjson(rows)),
+        ("bom-document", lambda rows: b"\xef\xbb\xbf" + orjson.dumps(rows, option=orjson.OPT_INDENT_2)),
+        ("utf16-ndjson", lambda rows: ndjson(rows).decode().replace("\n", "\r\n").encode("utf-16")),
+        ("utf16-document", lambda rows: orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode().encode("utf-16")),
+        ("large-document", lambda rows: orjson.dumps({"records": [{"category": "AdvancedHunting-DeviceProcessEvents",
+                                                                   "properties": r} for r in rows]},
+                                                     option=orjson.OPT_INDENT_2)),
+    ],
+)  # fmt: skip
+def test_hunt_reads_every_event_of_an_export_whatever_its_encoding_or_size(
+    tmp_path: Path, name: str, encode: object
+) -> None:
+    """A BOM lost the first event (a pretty-printed one, every event); UTF-16 gave 0 rows and no message; a
+    document over 1 MB (an export of 700+ rows) gave 0 rows as 'oversized', exit 0. Every event is counted now."""
+    count = 2500 if name == "large-document" else 5
+    path = tmp_path / f"{name}.json"
+    path.write_bytes(encode(_devices(count)))  # type: ignore[operator]
+    if name == "large-document":
+        assert path.stat().st_size > 1_048_576
+    rows, stderr = _hunt_json(path)
+    assert sorted(r["DeviceId"] for r in rows) == sorted(f"d{i}" for i in range(count)), stderr[-1000:]
+    assert "skipped" not in stderr
+
+
+def test_hunt_reports_bad_lines_by_reason_and_strict_reports_those_no_rule_can_match(tmp_path: Path) -> None:
+    """Without --strict the prefilter skips, unparsed, lines no rule can match (docs/semantics.md §8); --strict
+    parses every line, so every bad one is reported; either way the summary counts them per reason."""
+    path = tmp_path / "mixed.ndjson"
+    path.write_bytes(ndjson([row(ticks=T0)]) + b"{not json netsupport\n{not json at all\n" + b"[1, 2]\n")
+    _, relaxed = _hunt_json(path)
+    assert "skipped 1 bad line(s) or record(s) (malformed_json: 1)" in relaxed
+    _, strict = _hunt_json(path, "--strict")
+    assert "skipped 4 bad line(s) or record(s) (malformed_json: 2, record_not_object: 2)" in strict
+    assert f"{path}:3: malformed_json" in strict
+
+
+def test_run_over_a_finite_file_says_what_it_skipped_by_reason(tmp_path: Path) -> None:
+    """The replay's last log line counts the bad input per reason."""
+    path = tmp_path / "in.ndjson"
+    path.write_bytes(ndjson([row(ticks=time.time_ns() // 100)]) + b"{bad netsupport\n" + b'"netsupport"\n')
+    result = rmmwatch("run", "--source", f"file:{path}", "--store", "memory", "--metrics-port", "-1",
+                      "--sink", f"jsonl:{tmp_path / 'a.jsonl'}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    stopped = [orjson.loads(line) for line in result.stderr.splitlines() if b'"stopped"' in line][-1]
+    assert stopped["bad_input"] == {"malformed_json": 1, "not_object_or_array": 1}

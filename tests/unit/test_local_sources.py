@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 
 from rmmwatch.sources.base import Batch, Source
 from rmmwatch.sources.file import FileSource
+from rmmwatch.sources.framing import Oversized
 from rmmwatch.sources.synthetic import SyntheticSource
 from rmmwatch.synthetic import GeneratorConfig
 from tests.helpers import FIXTURES
@@ -55,7 +58,7 @@ async def test_follow_restarts_a_truncated_file(tmp_path: Path) -> None:
     await source.fetch(0.2)
     path.write_bytes(b'{"n": 100}\n')
     batch = None
-    for _ in range(20):
+    for _ in range(400):  # waits on the condition, up to 20 s on a loaded machine
         batch = await source.fetch(0.05)
         if batch is not None:
             break
@@ -98,3 +101,104 @@ async def test_synthetic_rate_limits_delivery() -> None:
     await source.close()
     assert batch is not None
     assert 1 <= len(batch.messages) <= 200
+
+
+# -- what a replay must read whatever the export looks like (issue: silent loss in hunt and the file source) -----
+
+
+async def _messages(path: Path, **options: Any) -> list[bytes]:
+    source = FileSource(str(path), **options)
+    await source.start()
+    batches = await drain(source)
+    await source.close()
+    return [m for b in batches for m in b.messages]
+
+
+def _rows(count: int) -> list[dict[str, Any]]:
+    return [{"DeviceId": f"d{i}", "Text": f'row {i} with "quotes", [brackets] and {{braces}}'} for i in range(count)]
+
+
+async def test_a_utf8_byte_order_mark_loses_no_event(tmp_path: Path) -> None:
+    """A BOM before NDJSON, and before a pretty-printed document: the first event is read like the others."""
+    lines = tmp_path / "bom.ndjson"
+    lines.write_bytes(b"\xef\xbb\xbf" + b"".join(orjson.dumps(r) + b"\r\n" for r in _rows(3)))
+    assert [orjson.loads(m) for m in await _messages(lines)] == _rows(3)
+    document = tmp_path / "bom.json"
+    document.write_bytes(b"\xef\xbb\xbf" + orjson.dumps({"records": _rows(3)}, option=orjson.OPT_INDENT_2))
+    assert [orjson.loads(m) for m in await _messages(document)] == [{"records": _rows(3)}]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("shape", ["ndjson", "document"])
+async def test_utf16_exports_are_read_like_utf8(tmp_path: Path, encoding: str, shape: str) -> None:
+    """PowerShell's Out-File writes UTF-16 (with a BOM; without one, told by its zero bytes): same messages."""
+    rows = [{**r, "Company": "Krämer IT Solutions GmbH"} for r in _rows(4)]
+    if shape == "ndjson":
+        text = "".join(orjson.dumps(r).decode() + "\r\n" for r in rows)
+        expected = rows
+    else:
+        text = orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode()
+        expected = [rows]
+    path = tmp_path / "export.json"
+    path.write_bytes(text.encode(encoding))
+    assert [orjson.loads(m) for m in await _messages(path)] == expected
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["array", "records"])
+async def test_a_document_larger_than_the_message_limit_is_streamed_as_its_elements(
+    tmp_path: Path, wrapped: bool
+) -> None:
+    """An Advanced Hunting export of 12,000 rows (over 1 MB) is not one oversized message: each row is one."""
+    rows = _rows(12_000)
+    path = tmp_path / "export.json"
+    path.write_bytes(orjson.dumps({"records": rows} if wrapped else rows, option=orjson.OPT_INDENT_2))
+    assert path.stat().st_size > 1_048_576
+    messages = await _messages(path, max_messages=250)
+    assert [orjson.loads(m) for m in messages] == rows
+
+
+async def test_a_huge_line_is_bounded_and_does_not_block_the_loop(tmp_path: Path) -> None:
+    """200 MB without a newline: handed on as a limit-sized prefix that knows its real size, then the next line;
+    the event loop keeps turning while it is read (it was read on the loop, re-joined quadratically)."""
+    path = tmp_path / "huge.ndjson"
+    size = 200 * 1024 * 1024
+    with path.open("wb") as handle:
+        handle.truncate(size)  # a sparse file of zero bytes: no newline in 200 MB
+        handle.seek(size)
+        handle.write(b'\n{"after": 1}\n')
+    gaps: list[float] = []
+    reading = True
+
+    async def ticker() -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while reading:
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    task = asyncio.create_task(ticker())
+    messages = await _messages(path, max_message_bytes=1_048_576)
+    reading = False
+    await task
+    assert len(messages) == 2
+    assert isinstance(messages[0], Oversized) and messages[0].full_size == size
+    assert len(messages[0]) == 1_048_577
+    assert orjson.loads(messages[1]) == {"after": 1}
+    assert max(gaps) < 3.0, f"the loop stalled {max(gaps):.1f} s"
+
+
+async def test_a_utf16_replay_resumes_after_its_checkpoint(tmp_path: Path) -> None:
+    """A UTF-16 file has no byte for a UTF-8 offset: a restart re-reads up to the checkpoint and goes on."""
+    path = tmp_path / "export.ndjson"
+    path.write_bytes("".join(orjson.dumps({"n": i}).decode() + "\n" for i in range(10)).encode("utf-16"))
+    checkpoint = tmp_path / "offset.json"
+    first = FileSource(str(path), checkpoint=str(checkpoint), max_messages=4)
+    await first.start()
+    batch = await first.fetch(0.5)
+    assert batch is not None and [orjson.loads(m)["n"] for m in batch.messages] == [0, 1, 2, 3]
+    await first.commit(batch.position)
+    await first.close()
+    rest = await _messages(path, checkpoint=str(checkpoint))
+    assert [orjson.loads(m)["n"] for m in rest] == list(range(4, 10))

@@ -1,10 +1,19 @@
 """Replay from a file (NDJSON, or one JSON document) or stdin, optionally following growth.
 
-Each non-empty line is one message (CRLF or LF); a file whose first line is not JSON but
-whose whole text is one JSON document (a pretty-printed Event Hubs body) is one message.
-The position is a byte offset; with a checkpoint file it survives restarts (written
-atomically: temp file, fsync, rename), so a killed replay resumes where it committed.
-A checkpoint that cannot be written (a full disk) is a failed commit, retried with backoff
+Each non-empty line is one message (CRLF or LF). A stream that starts with one JSON document
+over many lines (a pretty-printed Event Hubs body, an Advanced Hunting export), or with one
+line longer than the message limit, is read as a document: one message when it fits the limit,
+else one message per element of its array (``sources/framing.py`` says how); what follows the
+document is read as lines. UTF-8 with or without a byte-order mark and UTF-16 (PowerShell's
+``Out-File``) are read alike. Reading happens in a worker thread, a chunk at a time, so a
+huge line or a slow disk never blocks the loop, and a line is held only up to the limit.
+
+The position is an offset in the UTF-8 stream (after a BOM, after transcoding UTF-16) and a
+line number; with a checkpoint file it survives restarts (written atomically: temp file,
+fsync, rename), so a killed replay resumes where it committed. Inside a split document the
+position stays at the document's start until the document is done (its elements have no
+resumable boundary): a restart re-reads it, and the idempotent store absorbs the repeats. A
+checkpoint that cannot be written (a full disk) is a failed commit, retried with backoff
 (``SourceUnavailable`` naming the cause): the loop goes on, the position is re-read after a
 crash meanwhile, and applying it again changes nothing.
 A file that shrinks while followed was truncated or rotated: reading restarts at 0.
@@ -17,6 +26,7 @@ import contextlib
 import os
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,10 +34,12 @@ import orjson
 
 from rmmwatch.logging import get_logger
 from rmmwatch.sources.base import Batch, LocalSource, SourceUnavailable
+from rmmwatch.sources.framing import UTF8, DocumentFramer, Frame, LineFramer, Transcoder, sniff
 
 log = get_logger("rmmwatch.sources.file")
 
 _CHUNK = 1 << 20
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 
 
 class FileSource(LocalSource):
@@ -41,6 +53,7 @@ class FileSource(LocalSource):
         checkpoint: str | None = None,
         max_messages: int = 500,
         poll_s: float = 0.2,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.path = path
         self.stdin = path == "-"
@@ -49,14 +62,23 @@ class FileSource(LocalSource):
         self.checkpoint = Path(checkpoint) if checkpoint and not self.stdin else None
         self.max_messages = max_messages
         self.poll_s = poll_s
+        self.limit = max_message_bytes
         self._file: IO[bytes] | None = None
-        self._buffer = b""
-        self._cursor = 0  # next unread byte of _buffer
-        self._offset = 0  # file offset of _buffer[0]
-        self._line = 0  # lines consumed so far
+        self._encoding = UTF8
+        self._bom = 0
+        self._transcoder: Transcoder | None = None
+        self._sniffed = False  # the encoding is known (from the first bytes, or the checkpoint)
+        self._head = b""  # the first raw bytes, until there are enough to tell the encoding
+        self._undecided: bytes | None = b""  # the first decoded line, until lines-or-document is decided
+        self._skip = 0  # logical bytes to drop (a UTF-16 resume re-reads up to its checkpoint)
+        self._raw_read = 0  # bytes read from the file (truncation check)
+        self._lines = LineFramer(self.limit)
+        self._document: DocumentFramer | None = None
+        self._frames: deque[Frame] = deque()
+        self._held: tuple[int, int] | None = None  # the position while inside a split document
         self._eof = False
+        self._finished = False  # the framers were told the input ended
         self._done = False
-        self._whole = False
         self._committed: int | None = None
         self._stdin_read: asyncio.Task[bytes] | None = None
         self._checkpoint_retry = _CheckpointRetry()
@@ -72,100 +94,82 @@ class FileSource(LocalSource):
     def ready(self) -> tuple[bool, str]:
         return (self._file is not None, "reading" if self._file is not None else "not started")
 
+    # -- starting -----------------------------------------------------------------------------
     async def start(self) -> None:
         if self.stdin:
             self._file = sys.stdin.buffer
             return
-        start = self._restore()
+        offset, line, saved = self._restore()
         try:
             self._file = open(self.path, "rb")  # noqa: SIM115  (kept open for the source's life)
         except OSError as exc:
             raise OSError(f"cannot open input {self.path}: {exc.strerror or exc}") from None
         size = os.fstat(self._file.fileno()).st_size
-        if start > size:
-            log.warning("checkpoint_beyond_end", path=self.path, checkpoint=start, size=size)
-            start, self._line = 0, 0
-        self._file.seek(start)
-        self._offset = start
-        if start == 0 and not self.follow:
-            await self._maybe_whole_document()
+        if offset and offset + saved[1] > size:
+            log.warning("checkpoint_beyond_end", path=self.path, checkpoint=offset, size=size)
+            offset = 0
+        if offset == 0:
+            return  # the encoding and the framing are told from the first bytes
+        self._encoding, self._bom = saved
+        self._sniffed, self._undecided = True, None
+        self._lines = LineFramer(self.limit, offset=offset, line=line)
+        if self._encoding == UTF8:
+            self._file.seek(offset + self._bom)
+            self._raw_read = offset + self._bom
+        else:  # transcoded: no byte of the file maps to the offset; read up to it again
+            self._transcoder = Transcoder(self._encoding)
+            self._file.seek(self._bom)
+            self._raw_read = self._bom
+            self._skip = offset
 
-    def _restore(self) -> int:
+    def _restore(self) -> tuple[int, int, tuple[str, int]]:
+        unknown = (0, 0, (UTF8, 0))
         if self.checkpoint is None or not self.checkpoint.exists():
-            return 0
+            return unknown
         try:
             saved = orjson.loads(self.checkpoint.read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:
             log.warning("checkpoint_unreadable", checkpoint=str(self.checkpoint), error=str(exc))
-            return 0
+            return unknown
         if saved.get("path") != os.path.abspath(self.path):
             log.info("checkpoint_other_file", checkpoint=str(self.checkpoint), path=saved.get("path"))
-            return 0
-        self._line = int(saved.get("line", 0))
-        return int(saved.get("offset", 0))
+            return unknown
+        encoding = (str(saved.get("encoding", UTF8)), int(saved.get("bom", 0)))
+        return int(saved.get("offset", 0)), int(saved.get("line", 0)), encoding
 
-    async def _maybe_whole_document(self) -> None:
-        """One pretty-printed JSON document (not NDJSON) becomes one message."""
-        assert self._file is not None
-        first = self._file.readline().strip()
-        self._file.seek(0)
-        if first[:1] not in (b"{", b"["):
-            return
-        try:
-            orjson.loads(first)
-            return  # the first line is JSON on its own: NDJSON
-        except orjson.JSONDecodeError:
-            pass
-        whole = await asyncio.to_thread(self._file.read)
-        try:
-            orjson.loads(whole)
-        except orjson.JSONDecodeError:
-            self._file.seek(0)  # not one document either: read as lines, errors are reported per line
-            return
-        self._buffer = whole
-        self._whole = True
-
+    # -- reading ------------------------------------------------------------------------------
     async def fetch(self, timeout_s: float) -> Batch | None:
         if await self._idle_while_paused(timeout_s):
             return None
         if self._file is None or self._done:
             return None
-        if self._whole:
-            return self._take_whole()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        messages: list[bytes] = []
-        lines: list[int] = []
-        while len(messages) < self.max_messages:
-            newline = self._buffer.find(b"\n", self._cursor)
-            if newline >= 0:
-                text = self._buffer[self._cursor : newline].strip()
-                self._cursor = newline + 1
-                self._line += 1
-                if text:
-                    messages.append(text)
-                    lines.append(self._line)
+        frames: list[Frame] = []
+        while len(frames) < self.max_messages:
+            if self._frames:
+                frames.append(self._frames.popleft())
                 continue
-            if self._eof:
-                tail = self._buffer[self._cursor :].strip()
-                self._cursor = len(self._buffer)
-                if tail:
-                    self._line += 1
-                    messages.append(tail)
-                    lines.append(self._line)
-                self._done = True
-                break
-            chunk = await self._read_more(0 if messages else max(0.0, deadline - loop.time()))
-            if chunk is None:
+            if self.at_eof():
+                if self._finished:
+                    self._done = True
+                    break
+                self._finished = True
+                self._take(b"", final=True)
+                self._finish()
+                continue
+            raw = await self._read_more(0 if frames else max(0.0, deadline - loop.time()))
+            if raw is None:
                 if self.at_eof():
-                    continue  # take the last line without a newline, then stop
+                    continue  # the last line without a newline, then stop
                 break
-            self._offset += self._cursor
-            self._buffer = self._buffer[self._cursor :] + chunk
-            self._cursor = 0
-        if not messages:
+            self._take(raw, final=False)
+        if not frames:
             return None
-        position = (self._offset + self._cursor, self._line)
+        last = frames[-1]
+        position = self._held if self._held is not None else (last.end, last.line)
+        messages = [f.message for f in frames]
+        lines = [f.line for f in frames]
         path, name = self.path, self.name
 
         def locate(index: int) -> dict[str, Any]:
@@ -173,13 +177,70 @@ class FileSource(LocalSource):
 
         return Batch(messages, position, locate)
 
-    def _take_whole(self) -> Batch:
-        message = self._buffer.strip()
-        self._cursor = len(self._buffer)
-        self._line = 1
-        self._done = True
-        path, name = self.path, self.name
-        return Batch([message], (self._cursor, 1), lambda i: {"source": name, "path": path, "line": 1})
+    def _take(self, raw: bytes, *, final: bool) -> None:
+        """Raw bytes in: the encoding told once, then lines or a document decided once, then framed."""
+        if not self._sniffed:
+            self._head += raw
+            if len(self._head) < 4 and not final:
+                return
+            self._encoding, self._bom = sniff(self._head)
+            self._sniffed = True
+            if self._encoding != UTF8:
+                self._transcoder = Transcoder(self._encoding)
+                log.info("input_transcoded", path=self.path, encoding=self._encoding)
+            raw, self._head = self._head[self._bom :], b""
+        text = self._decode(raw)
+        if final and self._transcoder is not None:
+            text += self._transcoder.feed(b"", final=True)
+        if self._undecided is not None:
+            self._undecided += text
+            first = self._undecided
+            if not (final or self.follow or b"\n" in first or len(first) > self.limit):
+                return  # the first line is not complete yet
+            self._undecided = None
+            if not self.follow and _starts_a_document(first, self.limit):
+                self._document = DocumentFramer(self.limit)
+                self._held = (0, 0)
+            text = first
+        self._feed(text)
+
+    def _decode(self, raw: bytes) -> bytes:
+        text = raw if self._transcoder is None else self._transcoder.feed(raw)
+        if self._skip:
+            dropped = min(self._skip, len(text))
+            self._skip -= dropped
+            text = text[dropped:]
+        return text
+
+    def _feed(self, text: bytes) -> None:
+        if not text:
+            return
+        document = self._document
+        if document is None:
+            self._frames.extend(self._lines.feed(text))
+            return
+        self._frames.extend(document.feed(text))
+        if document.done:
+            self._after_document(document)
+
+    def _finish(self) -> None:
+        document = self._document
+        if document is not None:
+            frames = document.finish()
+            if not document.splitting and frames and not _is_json(frames[0].message):
+                # Not one document after all: its lines are the messages, each judged by the decoder.
+                self._document, self._held = None, None
+                self._frames.extend(self._lines.feed(frames[0].message))
+            else:
+                self._frames.extend(frames)
+                self._after_document(document)
+        self._frames.extend(self._lines.finish())
+
+    def _after_document(self, document: DocumentFramer) -> None:
+        rest, offset, line = document.leftover()
+        self._document, self._held = None, None
+        self._lines = LineFramer(self.limit, offset=offset, line=line - 1)
+        self._frames.extend(self._lines.feed(rest))
 
     async def _read_more(self, timeout_s: float) -> bytes | None:
         """More bytes (b"" never returned); None when nothing arrived in time. Sets _eof at the end."""
@@ -189,19 +250,29 @@ class FileSource(LocalSource):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            chunk = self._file.read(_CHUNK)
+            chunk = await self._read_raw(_CHUNK)
             if chunk:
                 return chunk
             if not self.follow:
-                self._eof = True
                 return None
+            self._eof = False
             self._check_truncation()
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
             await asyncio.sleep(min(self.poll_s, remaining))
 
-    async def _read_stdin(self, timeout_s: float) -> bytes | None:
+    async def _read_raw(self, size: int) -> bytes | None:
+        """Up to ``size`` bytes of the file, read in a worker thread; None (and _eof) at its end."""
+        assert self._file is not None
+        chunk = await asyncio.to_thread(self._file.read, size)
+        if not chunk:
+            self._eof = True
+            return None
+        self._raw_read += len(chunk)
+        return chunk
+
+    async def _read_stdin(self, timeout_s: float | None) -> bytes | None:
         # A blocking read runs in a thread; a read still pending when the timeout passes is
         # kept for the next call, so no bytes are lost and the loop keeps ticking.
         assert self._file is not None
@@ -219,26 +290,38 @@ class FileSource(LocalSource):
         return chunk
 
     def _check_truncation(self) -> None:
+        """A followed file that shrank was truncated or rotated: read it again from its first byte."""
         assert self._file is not None
         try:
             size = os.stat(self.path).st_size
         except OSError:
             return
-        if size < self._offset + len(self._buffer):
-            log.warning("input_truncated", path=self.path, offset=self._offset, size=size)
-            self._file.seek(0)
-            self._offset = 0
-            self._buffer = b""
-            self._cursor = 0
-            self._line = 0
+        if size >= self._raw_read:
+            return
+        log.warning("input_truncated", path=self.path, offset=self._raw_read, size=size)
+        self._file.seek(0)
+        self._raw_read = 0
+        self._sniffed, self._head, self._undecided, self._transcoder, self._skip = False, b"", b"", None, 0
+        self._lines = LineFramer(self.limit)
+        self._frames.clear()
+        self._committed = None  # the new file's offsets start again at 0: its commits must not be skipped
 
+    # -- committing ---------------------------------------------------------------------------
     async def commit(self, position: Any) -> None:
         if self.checkpoint is None:
             return
         offset, line = position
         if self._committed is not None and offset <= self._committed:
             return
-        data = orjson.dumps({"path": os.path.abspath(self.path), "offset": offset, "line": line})
+        data = orjson.dumps(
+            {
+                "path": os.path.abspath(self.path),
+                "offset": offset,
+                "line": line,
+                "encoding": self._encoding,
+                "bom": self._bom,
+            }
+        )
         retry = self._checkpoint_retry
         wait_s = retry.wait_s()
         if wait_s > 0:
@@ -261,6 +344,27 @@ class FileSource(LocalSource):
         if self._file is not None and not self.stdin:
             self._file.close()
         self._file = None
+
+
+def _starts_a_document(text: bytes, limit: int) -> bool:
+    """A stream is a document when it opens with '{' or '[' and its first line is not a JSON value by itself
+    (a pretty-printed document), or is longer than the message limit (one huge line: split, not refused)."""
+    stripped = text.lstrip()
+    if stripped[:1] not in (b"{", b"["):
+        return False
+    newline = stripped.find(b"\n")
+    first = stripped if newline < 0 else stripped[:newline]
+    if len(first) > limit:
+        return True
+    return newline >= 0 and not _is_json(first.strip())
+
+
+def _is_json(text: bytes) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 class _CheckpointRetry:
@@ -298,8 +402,3 @@ def _write_atomically(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):  # a full disk: leave no partial temp file taking space
             temporary.unlink()
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
