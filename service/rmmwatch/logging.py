@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -77,9 +77,20 @@ def _redact_processor(logger: Any, method: str, event_dict: MutableMapping[str, 
     return event_dict
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (not when logging was configured): a process that
+    swaps it (a test runner capturing output) never leaves the loggers writing to a closed stream."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
-    """Configure structlog (and the stdlib loggers of libraries) to write to ``stream`` (stderr)."""
-    stream = stream or sys.stderr
+    """Configure structlog (and the stdlib loggers of libraries) to write to ``stream`` (default: stderr)."""
+    stream = stream or cast("TextIO", _Stderr())
     numeric = std_logging.getLevelNamesMapping().get(level.upper(), std_logging.INFO)
     renderer: Any = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from rmmwatch.app import App
 from rmmwatch.config import ConfigError, RunConfig
 from rmmwatch.events import Detector
-from rmmwatch.kafka_client import EVENTHUBS_USERNAME, EventHubsConnectionString, KafkaSettings
+from rmmwatch.kafka_settings import EVENTHUBS_USERNAME, EventHubsConnectionString, KafkaSettings
 from rmmwatch.logging import redactor
 from rmmwatch.metrics import Metrics
 from rmmwatch.rules import Rule

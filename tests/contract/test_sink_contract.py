@@ -22,7 +22,7 @@ import pytest
 
 from rmmwatch.alerts import Alert
 from rmmwatch.events import Detector
-from rmmwatch.kafka_client import KafkaSettings
+from rmmwatch.kafka_settings import KafkaSettings
 from rmmwatch.model import DeadLetter
 from rmmwatch.sinks.base import Sink, SinkError
 from rmmwatch.sinks.deadletter import JsonlDeadLetters, dead_letter_document

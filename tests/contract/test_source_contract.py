@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import orjson
 import pytest
 
-from rmmwatch.kafka_client import KafkaSettings
+from rmmwatch.kafka_settings import KafkaSettings
 from rmmwatch.sources.base import Batch, Source
 from rmmwatch.sources.eventhub import EventHubSettings, EventHubSource
 from rmmwatch.sources.file import FileSource

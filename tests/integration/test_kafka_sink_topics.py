@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from rmmwatch.kafka_client import KafkaSettings
+from rmmwatch.kafka_settings import KafkaSettings
 from rmmwatch.sinks.base import SinkError
 from rmmwatch.sinks.kafka import KafkaDeadLetters, KafkaSink
 from tests.integration.conftest import service_env

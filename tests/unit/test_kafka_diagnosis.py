@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rmmwatch.kafka_client import KafkaSettings, _tls_alert, connect_failure, connection_target
+from rmmwatch.kafka_settings import KafkaSettings, _tls_alert, connect_failure, connection_target
 
 
 @pytest.fixture

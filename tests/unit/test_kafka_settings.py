@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rmmwatch.config import ConfigError, RunConfig
-from rmmwatch.kafka_client import EVENTHUBS_USERNAME, KafkaSettings
+from rmmwatch.kafka_settings import EVENTHUBS_USERNAME, KafkaSettings
 from rmmwatch.wiring import kafka_settings as settings_from_config
 
 CONNECTION = (

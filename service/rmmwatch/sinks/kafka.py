@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from rmmwatch.alerts import Alert
-from rmmwatch.kafka_client import KafkaSettings, describe_error
+from rmmwatch.kafka_settings import KafkaSettings, describe_error
 from rmmwatch.model import DeadLetter
 from rmmwatch.sinks.base import SinkError
 

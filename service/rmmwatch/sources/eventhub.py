@@ -50,7 +50,7 @@ from azure.eventhub import CloseReason, EventData
 from azure.eventhub.aio import EventHubConsumerClient, PartitionContext
 from azure.eventhub.amqp import AmqpMessageBodyType
 
-from rmmwatch.kafka_client import describe_error
+from rmmwatch.kafka_settings import describe_error
 from rmmwatch.metrics import Metrics
 from rmmwatch.sources.base import Batch, SourceUnavailable, cancel
 from rmmwatch.sources.eventhub_client import (

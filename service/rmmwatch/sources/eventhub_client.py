@@ -29,7 +29,7 @@ from azure.eventhub.aio import EventHubConsumerClient, PartitionContext
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 
 from rmmwatch.config import ConfigError
-from rmmwatch.kafka_client import describe_error
+from rmmwatch.kafka_settings import describe_error
 from rmmwatch.kql.datetimes import DatetimeError, parse_datetime, ticks_to_unix_seconds
 from rmmwatch.logging import get_logger
 from rmmwatch.sources.base import SourceUnavailable

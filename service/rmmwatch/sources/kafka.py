@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from rmmwatch.kafka_client import describe_error
+from rmmwatch.kafka_settings import describe_error
 from rmmwatch.sources.base import Batch
 from rmmwatch.sources.kafka_core import KafkaCore, Key, Position, log
 

@@ -33,7 +33,7 @@ from typing import Any, TypeVar, Unpack
 
 from confluent_kafka import OFFSET_END, OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from rmmwatch.kafka_client import KafkaSettings, describe_error
+from rmmwatch.kafka_settings import KafkaSettings, describe_error
 from rmmwatch.logging import redactor
 from rmmwatch.sources.base import Batch, SourceUnavailable
 from rmmwatch.sources.kafka_core import KafkaCore, KafkaOptions, Key, Origin, Position, log

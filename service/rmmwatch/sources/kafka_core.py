@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Required, TypedDict
 
-from rmmwatch.kafka_client import KafkaSettings, connect_failure, describe_error
+from rmmwatch.kafka_settings import KafkaSettings, connect_failure, describe_error
 from rmmwatch.kql.datetimes import DatetimeError, parse_datetime
 from rmmwatch.logging import get_logger
 from rmmwatch.metrics import Metrics

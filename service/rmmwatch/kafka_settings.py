@@ -1,11 +1,12 @@
-"""What every Kafka client of rmmwatch shares: connection security and the Event Hubs preset.
+"""Kafka connection settings (what the source, the alert sink and the dead-letter producer share), the Event
+Hubs connection string, one describer of client errors, and the diagnosis of a refused connection.
 
 Azure Event Hubs' Kafka endpoint (learn.microsoft.com/azure/event-hubs/azure-event-hubs-kafka-overview)
 is ``<namespace>.servicebus.windows.net:9093`` over SASL_SSL with mechanism PLAIN, the literal
 username ``$ConnectionString`` and the connection string as the password. Microsoft's
 recommended client settings: ``session.timeout.ms`` 30000, ``metadata.max.age.ms`` 180000
 (idle connections are closed after 240 s, so ``connections.max.idle.ms`` stays below),
-``request.timeout.ms`` 60000. The preset sets all of this from one connection string; an
+``request.timeout.ms`` 60000. ``wiring.py`` builds the preset from one connection string; an
 explicit ``--kafka-bootstrap-servers`` still wins (useful behind a private endpoint alias).
 """
 
