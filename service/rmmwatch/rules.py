@@ -45,7 +45,7 @@ from rmmwatch.kql.compiled import CompiledQuery, Predicate
 from rmmwatch.kql.compiler import compile_condition, compile_query
 from rmmwatch.kql.datetimes import TICKS_PER_MINUTE, timespan_literal
 from rmmwatch.kql.errors import KqlError, KqlWarning
-from rmmwatch.kql.parser import tokenize
+from rmmwatch.kql.lexer import tokenize
 from rmmwatch.kql.schema import IDENTITY_COLUMNS, KqlType
 
 UpdateMode = Literal["none", "every", "throttle"]

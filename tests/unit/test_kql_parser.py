@@ -23,7 +23,8 @@ from rmmwatch.kql.datetimes import (
     parse_datetime,
 )
 from rmmwatch.kql.errors import KqlError
-from rmmwatch.kql.parser import parse, tokenize
+from rmmwatch.kql.lexer import tokenize
+from rmmwatch.kql.parser import parse
 from rmmwatch.kql.syntax import Between, Let, Name, Summarize, Where
 
 SEED_QUERY = """let Time_start = now(-5d);

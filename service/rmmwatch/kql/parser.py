@@ -16,10 +16,8 @@ names); nesting is what recurses, and it is bounded by :data:`MAX_NESTING`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from rmmwatch.kql.datetimes import TIMESPAN_UNITS, DatetimeError, parse_datetime, timespan_ticks
 from rmmwatch.kql.errors import KqlError, KqlWarning, closest_name
+from rmmwatch.kql.lexer import Token, tokenize
 from rmmwatch.kql.operators import COMPARISON_OPERATORS, LIST_OPERATORS, STRING_OPERATORS, UNSUPPORTED_OPERATORS
 from rmmwatch.kql.schema import TABLES
 from rmmwatch.kql.syntax import (
@@ -114,258 +112,9 @@ _OPERATOR_WORDS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
-    """One lexical token."""
+class _Cursor:
+    """Token navigation and the errors a parser reports (with positions and deferred refusals)."""
 
-    kind: str  # ident, string, number, timespan, datetime, op, eof
-    text: str
-    value: object
-    pos: Pos
-
-
-_PUNCTUATION = (
-    "..",
-    "==",
-    "!=",
-    "=~",
-    "!~",
-    "<=",
-    ">=",
-    "<>",
-    "|",
-    "(",
-    ")",
-    "[",
-    "]",
-    "{",
-    "}",
-    ",",
-    ";",
-    "=",
-    "<",
-    ">",
-    "+",
-    "-",
-    "*",
-    "/",
-    "%",
-    ".",
-    ":",
-)
-
-
-def _is_ident_start(char: str) -> bool:
-    return char.isalpha() or char == "_"
-
-
-def _is_ident_char(char: str) -> bool:
-    return char.isalnum() or char == "_"
-
-
-class _Lexer:
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.index = 0
-        self.line = 1
-        self.line_start = 0
-
-    def pos(self, index: int | None = None) -> Pos:
-        index = self.index if index is None else index
-        # Only called for the current line, so line_start is the right base.
-        return Pos(self.line, index - self.line_start + 1)
-
-    def error(self, message: str, pos: Pos | None = None) -> KqlError:
-        pos = pos or self.pos()
-        return KqlError(message, pos.line, pos.column)
-
-    def advance(self, count: int = 1) -> None:
-        for _ in range(count):
-            if self.text[self.index] == "\n":
-                self.line += 1
-                self.line_start = self.index + 1
-            self.index += 1
-
-    def tokens(self) -> list[Token]:
-        out: list[Token] = []
-        text = self.text
-        while True:
-            self.skip_space_and_comments()
-            if self.index >= len(text):
-                out.append(Token("eof", "", None, self.pos()))
-                return out
-            char = text[self.index]
-            start = self.pos()
-            if char in "'\"":
-                out.append(self.string(start, verbatim=False))
-            elif char == "@" and self.peek(1) in ("'", '"'):
-                self.advance()
-                out.append(self.string(start, verbatim=True))
-            elif char in "hH" and self.peek(1) in ("'", '"'):
-                # h'...': an "obfuscated" string literal, same value, hidden from logs.
-                self.advance()
-                out.append(self.string(start, verbatim=False))
-            elif char == "`" and text.startswith("```", self.index):
-                out.append(self.multiline_string(start))
-            elif char.isdigit():
-                out.append(self.number(start))
-            elif _is_ident_start(char):
-                out.append(self.identifier(start, out))
-            elif char == "!" and _is_ident_start(self.peek(1)):
-                self.advance()
-                word = self.read_word()
-                if word == "in" and self.peek(0) == "~":
-                    self.advance()
-                    word = "in~"
-                out.append(Token("op", "!" + word, "!" + word, start))
-            else:
-                for punct in _PUNCTUATION:
-                    if text.startswith(punct, self.index):
-                        self.advance(len(punct))
-                        out.append(Token("op", punct, punct, start))
-                        break
-                else:
-                    raise self.error(f"unexpected character {char!r}", start)
-
-    def peek(self, offset: int) -> str:
-        index = self.index + offset
-        return self.text[index] if index < len(self.text) else ""
-
-    def skip_space_and_comments(self) -> None:
-        text = self.text
-        while self.index < len(text):
-            char = text[self.index]
-            if char.isspace():
-                self.advance()
-            elif text.startswith("//", self.index):
-                while self.index < len(text) and text[self.index] != "\n":
-                    self.advance()
-            else:
-                return
-
-    def read_word(self) -> str:
-        start = self.index
-        while self.index < len(self.text) and _is_ident_char(self.text[self.index]):
-            self.advance()
-        return self.text[start : self.index]
-
-    def string(self, start: Pos, *, verbatim: bool) -> Token:
-        quote = self.text[self.index]
-        self.advance()
-        chars: list[str] = []
-        while True:
-            if self.index >= len(self.text) or self.text[self.index] == "\n":
-                raise self.error("unterminated string literal", start)
-            char = self.text[self.index]
-            if char == quote:
-                if verbatim and self.peek(1) == quote:
-                    chars.append(quote)
-                    self.advance(2)
-                    continue
-                self.advance()
-                break
-            if char == "\\" and not verbatim:
-                escaped = self.peek(1)
-                mapping = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
-                if escaped not in mapping:
-                    raise self.error(f"unsupported escape sequence \\{escaped} in string literal")
-                chars.append(mapping[escaped])
-                self.advance(2)
-                continue
-            chars.append(char)
-            self.advance()
-        value = "".join(chars)
-        return Token("string", value, value, start)
-
-    def multiline_string(self, start: Pos) -> Token:
-        self.advance(3)
-        end = self.text.find("```", self.index)
-        if end < 0:
-            raise self.error("unterminated ``` string literal", start)
-        value = self.text[self.index : end]
-        self.advance(end + 3 - self.index)
-        return Token("string", value, value, start)
-
-    def number(self, start: Pos) -> Token:
-        text = self.text
-        begin = self.index
-        while self.index < len(text) and text[self.index].isdigit():
-            self.advance()
-        is_real = False
-        if self.peek(0) == "." and self.peek(1).isdigit():
-            is_real = True
-            self.advance()
-            while self.index < len(text) and text[self.index].isdigit():
-                self.advance()
-        if self.peek(0) in ("e", "E") and (self.peek(1).isdigit() or self.peek(1) in "+-"):
-            is_real = True
-            self.advance()
-            if self.peek(0) in "+-":
-                self.advance()
-            while self.index < len(text) and text[self.index].isdigit():
-                self.advance()
-        number = text[begin : self.index]
-        if self.index < len(text) and _is_ident_start(text[self.index]):
-            unit = self.read_word()
-            if unit not in TIMESPAN_UNITS:
-                raise self.error(f"invalid timespan unit {unit!r} in {number}{unit}", start)
-            try:
-                ticks = timespan_ticks(number, unit)
-            except (ValueError, ZeroDivisionError) as exc:
-                raise self.error(f"invalid timespan literal {number}{unit}: {exc}", start) from None
-            return Token("timespan", number + unit, ticks, start)
-        if is_real:
-            return Token("number", number, float(number), start)
-        return Token("number", number, int(number), start)
-
-    def identifier(self, start: Pos, previous: list[Token]) -> Token:
-        word = self.read_word()
-        if word == "in" and self.peek(0) == "~":
-            self.advance()
-            return Token("op", "in~", "in~", start)
-        # Hyphenated tabular operators (project-away, mv-expand) right after a pipe.
-        if previous and previous[-1].text == "|" and self.peek(0) == "-" and _is_ident_start(self.peek(1)):
-            self.advance()
-            word = word + "-" + self.read_word()
-        if word in ("datetime", "timespan", "time") and self._next_non_space() == "(":
-            return self.raw_literal(word, start)
-        return Token("ident", word, word, start)
-
-    def _next_non_space(self) -> str:
-        index = self.index
-        while index < len(self.text) and self.text[index] in " \t":
-            index += 1
-        return self.text[index] if index < len(self.text) else ""
-
-    def raw_literal(self, word: str, start: Pos) -> Token:
-        """``datetime(2026-11-20 10:00)`` and ``timespan(1d)``: the argument is raw text."""
-        while self.text[self.index] != "(":
-            self.advance()
-        self.advance()
-        end = self.text.find(")", self.index)
-        if end < 0:
-            raise self.error(f"unterminated {word}(...) literal", start)
-        raw = self.text[self.index : end].strip()
-        self.advance(end + 1 - self.index)
-        if word == "datetime":
-            if raw == "null":
-                return Token("datetime", f"datetime({raw})", None, start)
-            try:
-                return Token("datetime", f"datetime({raw})", parse_datetime(raw), start)
-            except DatetimeError as exc:
-                raise self.error(f"invalid datetime literal: {exc}", start) from None
-        inner = _Lexer(raw).tokens()
-        if len(inner) != 2 or inner[0].kind != "timespan":
-            raise self.error(f"invalid timespan literal {word}({raw})", start)
-        return Token("timespan", f"{word}({raw})", inner[0].value, start)
-
-
-def tokenize(text: str) -> list[Token]:
-    """Split query text into tokens (exposed for tests)."""
-    return _Lexer(text).tokens()
-
-
-class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = tokenize(text)
         self.index = 0
@@ -481,187 +230,11 @@ class _Parser:
         self.next()
 
     # -- statements --------------------------------------------------------------------
-    def query(self) -> Query:
-        try:
-            lets: list[Let | TabularLet] = []
-            while self.at("let"):
-                lets.append(self.let())
-            self.constructs = ["the query"]
-            table = self.source("the query")
-            operators = self.stages()
-            self.accept(";")
-            if self.current.kind != "eof":
-                raise self.error(f"unexpected {self.describe(self.current)} after the query")
-            if self.pending is not None:
-                raise self.pending
-            return Query(tuple(lets), table, tuple(operators), tuple(self.warnings))
-        except KqlError as exc:
-            exc.warnings = tuple(self.warnings)
-            raise
 
-    def source(self, statement: str) -> Name:
-        """The start of a pipeline: a table or a tabular ``let`` name (inline data is refused)."""
-        token = self.current
-        if token.kind != "ident":
-            raise self.error(f"expected a table name, found {self.describe(token)}")
-        self.next()
-        if token.text in _TABULAR_SOURCES and (self.at("(") or self.at("[")):
-            self.defer(
-                f"unsupported tabular expression {token.text!r} in {statement}: rmmwatch runs a rule over one "
-                "Defender table (no inline or external data, no unions)",
-                token.pos,
-            )
-            self.skip_stage()
-        self.table = self.tabular.get(token.text, token.text)
-        return Name(token.text, token.pos)
 
-    def stages(self) -> list[Operator]:
-        operators: list[Operator] = []
-        while self.accept("|"):
-            operator = self.operator()
-            if operator is not None:
-                operators.append(operator)
-        return operators
+class _Expressions(_Cursor):
+    """Expressions: predicates, arithmetic, calls, literals, nesting (bounded by MAX_NESTING)."""
 
-    def let(self) -> Let | TabularLet:
-        start = self.next().pos
-        if self.current.kind != "ident":
-            raise self.error(f"expected a name after 'let', found {self.describe(self.current)}")
-        name = self.next().text
-        self.expect("=", f"after 'let {name}'")
-        statement = f"'let {name} = ...'"
-        self.constructs = [statement]
-        if self.tabular_ahead():
-            source = self.source(statement)
-            operators = self.stages()
-            self.expect(";", f"at the end of {statement}")
-            self.tabular[name] = self.table or source.name
-            return TabularLet(name, source, tuple(operators), start)
-        value = self.expression()
-        self.expect(";", f"at the end of {statement}")
-        self.tabular.pop(name, None)
-        return Let(name, value, start)
-
-    def tabular_ahead(self) -> bool:
-        """Whether a ``let`` value is a tabular expression (a table, a tabular let, inline data, a pipeline)."""
-        token = self.current
-        if token.kind != "ident":
-            return False
-        if token.text in TABLES or token.text in self.tabular:
-            return True
-        follow = self.peek()
-        if token.text in _TABULAR_SOURCES and follow.text in ("(", "["):
-            return True
-        return follow.kind == "op" and follow.text == "|"
-
-    def operator(self) -> Operator | None:
-        token = self.current
-        if token.kind != "ident":
-            raise self.error(f"expected a tabular operator after '|', found {self.describe(token)}")
-        self.next()
-        if token.text in ("where", "filter"):
-            self.constructs.append(f"the condition of {token.text!r}")
-            where = Where(self.expression(), token.pos)
-            self.constructs.pop()
-            return where
-        if token.text == "extend":
-            return self.extend(token.pos)
-        if token.text == "summarize":
-            return self.summarize(token.pos)
-        if token.text in _TABULAR_OPERATORS:
-            self.defer(
-                f"unsupported tabular operator {token.text!r}: rmmwatch runs where, extend and summarize",
-                token.pos,
-            )
-            self.skip_stage()
-            return None
-        follow = self.current
-        if follow.kind in ("op", "ident") and follow.text in _OPERATOR_WORDS:
-            raise self.error(self.missing_where(token, follow), token.pos)
-        raise self.error(f"unknown tabular operator {token.text!r}", token.pos)
-
-    def missing_where(self, name: Token, op: Token) -> str:
-        """``| Sha1 in (...)``: a condition where a tabular operator must be."""
-        rest = _operand(op.text)
-        message = (
-            f"unknown tabular operator {name.text!r}: '| {name.text} {op.text} {rest}' is a condition, and a "
-            f"condition needs 'where' after the '|'; did you mean `| where {name.text} {op.text} {rest}`?"
-        )
-        columns = TABLES[self.table][1] if self.table in TABLES else None
-        if columns is not None and name.text not in columns:
-            hint = closest_name(name.text, columns)
-            column = f" the column is {hint!r}" if hint else " no column has a close name"
-            message += f" Also, {self.table} has no column {name.text!r}:{column}."
-        return message
-
-    def extend(self, pos: Pos) -> Extend:
-        assignments: list[Assignment] = []
-        self.constructs.append("'extend'")
-        while True:
-            token = self.current
-            if token.kind != "ident":
-                raise self.error(f"expected 'Name = value' in extend, found {self.describe(token)}")
-            self.next()
-            self.expect("=", f"after {token.text!r} in extend")
-            assignments.append(Assignment(token.text, self.expression(), token.pos))
-            comma = self.current
-            if not self.accept(","):
-                self.constructs.pop()
-                return Extend(tuple(assignments), pos)
-            if self.at_boundary():
-                raise self.error("trailing comma after the last assignment of 'extend': remove it", comma.pos)
-
-    def summarize(self, pos: Pos) -> Summarize:
-        aggregates: list[Aggregate] = []
-        self.constructs.append("'summarize'")
-        while True:
-            aggregates.append(self.aggregate())
-            comma = self.current
-            if not self.accept(","):
-                break
-            if self.at("by") or self.at_boundary():
-                raise self.error("trailing comma after the last aggregation of 'summarize': remove it", comma.pos)
-        by: list[Name] = []
-        if self.accept("by"):
-            while True:
-                token = self.current
-                if token.kind != "ident":
-                    raise self.error(f"expected a column after 'by', found {self.describe(token)}")
-                self.next()
-                if self.at("(") or self.at("="):
-                    raise self.error(
-                        f"unsupported summarize 'by' expression starting at {token.text!r}: "
-                        "only plain columns are supported",
-                        token.pos,
-                    )
-                by.append(Name(token.text, token.pos))
-                comma = self.current
-                if not self.accept(","):
-                    break
-                if self.at_boundary():
-                    raise self.error("trailing comma after the last column of 'summarize ... by': remove it", comma.pos)
-        self.constructs.pop()
-        return Summarize(tuple(aggregates), tuple(by), pos)
-
-    def aggregate(self) -> Aggregate:
-        first = self.current
-        if first.kind != "ident":
-            raise self.error(f"expected an aggregation in summarize, found {self.describe(first)}")
-        self.next()
-        name: str | None = None
-        func = first
-        if self.accept("="):
-            name = first.text
-            func = self.current
-            if func.kind != "ident":
-                raise self.error(f"expected an aggregation function, found {self.describe(func)}")
-            self.next()
-        if not self.at("("):
-            raise self.error(f"expected '(' after aggregation {func.text!r}, found {self.describe(self.current)}")
-        args = self.arguments(f"the arguments of {func.text!r}")
-        return Aggregate(name, func.text, args, func.pos)
-
-    # -- expressions -------------------------------------------------------------------
     def open_level(self, token: Token) -> None:
         """Enter one nesting level at ``token``: past :data:`MAX_NESTING`, refuse the query there."""
         if self.depth >= MAX_NESTING:
@@ -898,6 +471,192 @@ class _Parser:
         self.constructs.pop()
         self.depth -= 1
         return ArrayLiteral(tuple(items), keyword.pos)
+
+
+class _Parser(_Expressions):
+    """Statements: lets, the table or tabular let, the pipeline's operators, summarize."""
+
+    def query(self) -> Query:
+        try:
+            lets: list[Let | TabularLet] = []
+            while self.at("let"):
+                lets.append(self.let())
+            self.constructs = ["the query"]
+            table = self.source("the query")
+            operators = self.stages()
+            self.accept(";")
+            if self.current.kind != "eof":
+                raise self.error(f"unexpected {self.describe(self.current)} after the query")
+            if self.pending is not None:
+                raise self.pending
+            return Query(tuple(lets), table, tuple(operators), tuple(self.warnings))
+        except KqlError as exc:
+            exc.warnings = tuple(self.warnings)
+            raise
+
+    def source(self, statement: str) -> Name:
+        """The start of a pipeline: a table or a tabular ``let`` name (inline data is refused)."""
+        token = self.current
+        if token.kind != "ident":
+            raise self.error(f"expected a table name, found {self.describe(token)}")
+        self.next()
+        if token.text in _TABULAR_SOURCES and (self.at("(") or self.at("[")):
+            self.defer(
+                f"unsupported tabular expression {token.text!r} in {statement}: rmmwatch runs a rule over one "
+                "Defender table (no inline or external data, no unions)",
+                token.pos,
+            )
+            self.skip_stage()
+        self.table = self.tabular.get(token.text, token.text)
+        return Name(token.text, token.pos)
+
+    def stages(self) -> list[Operator]:
+        operators: list[Operator] = []
+        while self.accept("|"):
+            operator = self.operator()
+            if operator is not None:
+                operators.append(operator)
+        return operators
+
+    def let(self) -> Let | TabularLet:
+        start = self.next().pos
+        if self.current.kind != "ident":
+            raise self.error(f"expected a name after 'let', found {self.describe(self.current)}")
+        name = self.next().text
+        self.expect("=", f"after 'let {name}'")
+        statement = f"'let {name} = ...'"
+        self.constructs = [statement]
+        if self.tabular_ahead():
+            source = self.source(statement)
+            operators = self.stages()
+            self.expect(";", f"at the end of {statement}")
+            self.tabular[name] = self.table or source.name
+            return TabularLet(name, source, tuple(operators), start)
+        value = self.expression()
+        self.expect(";", f"at the end of {statement}")
+        self.tabular.pop(name, None)
+        return Let(name, value, start)
+
+    def tabular_ahead(self) -> bool:
+        """Whether a ``let`` value is a tabular expression (a table, a tabular let, inline data, a pipeline)."""
+        token = self.current
+        if token.kind != "ident":
+            return False
+        if token.text in TABLES or token.text in self.tabular:
+            return True
+        follow = self.peek()
+        if token.text in _TABULAR_SOURCES and follow.text in ("(", "["):
+            return True
+        return follow.kind == "op" and follow.text == "|"
+
+    def operator(self) -> Operator | None:
+        token = self.current
+        if token.kind != "ident":
+            raise self.error(f"expected a tabular operator after '|', found {self.describe(token)}")
+        self.next()
+        if token.text in ("where", "filter"):
+            self.constructs.append(f"the condition of {token.text!r}")
+            where = Where(self.expression(), token.pos)
+            self.constructs.pop()
+            return where
+        if token.text == "extend":
+            return self.extend(token.pos)
+        if token.text == "summarize":
+            return self.summarize(token.pos)
+        if token.text in _TABULAR_OPERATORS:
+            self.defer(
+                f"unsupported tabular operator {token.text!r}: rmmwatch runs where, extend and summarize",
+                token.pos,
+            )
+            self.skip_stage()
+            return None
+        follow = self.current
+        if follow.kind in ("op", "ident") and follow.text in _OPERATOR_WORDS:
+            raise self.error(self.missing_where(token, follow), token.pos)
+        raise self.error(f"unknown tabular operator {token.text!r}", token.pos)
+
+    def missing_where(self, name: Token, op: Token) -> str:
+        """``| Sha1 in (...)``: a condition where a tabular operator must be."""
+        rest = _operand(op.text)
+        message = (
+            f"unknown tabular operator {name.text!r}: '| {name.text} {op.text} {rest}' is a condition, and a "
+            f"condition needs 'where' after the '|'; did you mean `| where {name.text} {op.text} {rest}`?"
+        )
+        columns = TABLES[self.table][1] if self.table in TABLES else None
+        if columns is not None and name.text not in columns:
+            hint = closest_name(name.text, columns)
+            column = f" the column is {hint!r}" if hint else " no column has a close name"
+            message += f" Also, {self.table} has no column {name.text!r}:{column}."
+        return message
+
+    def extend(self, pos: Pos) -> Extend:
+        assignments: list[Assignment] = []
+        self.constructs.append("'extend'")
+        while True:
+            token = self.current
+            if token.kind != "ident":
+                raise self.error(f"expected 'Name = value' in extend, found {self.describe(token)}")
+            self.next()
+            self.expect("=", f"after {token.text!r} in extend")
+            assignments.append(Assignment(token.text, self.expression(), token.pos))
+            comma = self.current
+            if not self.accept(","):
+                self.constructs.pop()
+                return Extend(tuple(assignments), pos)
+            if self.at_boundary():
+                raise self.error("trailing comma after the last assignment of 'extend': remove it", comma.pos)
+
+    def summarize(self, pos: Pos) -> Summarize:
+        aggregates: list[Aggregate] = []
+        self.constructs.append("'summarize'")
+        while True:
+            aggregates.append(self.aggregate())
+            comma = self.current
+            if not self.accept(","):
+                break
+            if self.at("by") or self.at_boundary():
+                raise self.error("trailing comma after the last aggregation of 'summarize': remove it", comma.pos)
+        by: list[Name] = []
+        if self.accept("by"):
+            while True:
+                token = self.current
+                if token.kind != "ident":
+                    raise self.error(f"expected a column after 'by', found {self.describe(token)}")
+                self.next()
+                if self.at("(") or self.at("="):
+                    raise self.error(
+                        f"unsupported summarize 'by' expression starting at {token.text!r}: "
+                        "only plain columns are supported",
+                        token.pos,
+                    )
+                by.append(Name(token.text, token.pos))
+                comma = self.current
+                if not self.accept(","):
+                    break
+                if self.at_boundary():
+                    raise self.error("trailing comma after the last column of 'summarize ... by': remove it", comma.pos)
+        self.constructs.pop()
+        return Summarize(tuple(aggregates), tuple(by), pos)
+
+    def aggregate(self) -> Aggregate:
+        first = self.current
+        if first.kind != "ident":
+            raise self.error(f"expected an aggregation in summarize, found {self.describe(first)}")
+        self.next()
+        name: str | None = None
+        func = first
+        if self.accept("="):
+            name = first.text
+            func = self.current
+            if func.kind != "ident":
+                raise self.error(f"expected an aggregation function, found {self.describe(func)}")
+            self.next()
+        if not self.at("("):
+            raise self.error(f"expected '(' after aggregation {func.text!r}, found {self.describe(self.current)}")
+        args = self.arguments(f"the arguments of {func.text!r}")
+        return Aggregate(name, func.text, args, func.pos)
+
+    # -- expressions -------------------------------------------------------------------
 
 
 def _operand(op: str) -> str:
