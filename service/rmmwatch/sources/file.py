@@ -22,10 +22,8 @@ A file that shrinks while followed was truncated or rotated: reading restarts at
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
-import time
 from collections import deque
 from pathlib import Path
 from typing import IO, Any
@@ -33,7 +31,8 @@ from typing import IO, Any
 import orjson
 
 from rmmwatch.logging import get_logger
-from rmmwatch.sources.base import Batch, LocalSource, SourceUnavailable
+from rmmwatch.sources.base import Batch, LocalSource
+from rmmwatch.sources.checkpoint import Checkpoint, Saved
 from rmmwatch.sources.framing import UTF8, DocumentFramer, Frame, LineFramer, Transcoder, sniff
 
 log = get_logger("rmmwatch.sources.file")
@@ -59,7 +58,7 @@ class FileSource(LocalSource):
         self.stdin = path == "-"
         self.name = "stdin" if self.stdin else "file"
         self.follow = follow and not self.stdin  # stdin ends at its EOF
-        self.checkpoint = Path(checkpoint) if checkpoint and not self.stdin else None
+        self.checkpoint = Checkpoint(Path(checkpoint), path) if checkpoint and not self.stdin else None
         self.max_messages = max_messages
         self.poll_s = poll_s
         self.limit = max_message_bytes
@@ -79,9 +78,7 @@ class FileSource(LocalSource):
         self._eof = False
         self._finished = False  # the framers were told the input ended
         self._done = False
-        self._committed: int | None = None
         self._stdin_read: asyncio.Task[bytes] | None = None
-        self._checkpoint_retry = _CheckpointRetry()
 
     @property
     def exhausted(self) -> bool:
@@ -99,18 +96,19 @@ class FileSource(LocalSource):
         if self.stdin:
             self._file = sys.stdin.buffer
             return
-        offset, line, saved = self._restore()
+        saved = self.checkpoint.restore() if self.checkpoint is not None else Saved()
+        offset, line = saved.offset, saved.line
         try:
             self._file = open(self.path, "rb")  # noqa: SIM115  (kept open for the source's life)
         except OSError as exc:
             raise OSError(f"cannot open input {self.path}: {exc.strerror or exc}") from None
         size = os.fstat(self._file.fileno()).st_size
-        if offset and offset + saved[1] > size:
+        if offset and offset + saved.bom > size:
             log.warning("checkpoint_beyond_end", path=self.path, checkpoint=offset, size=size)
             offset = 0
         if offset == 0:
             return  # the encoding and the framing are told from the first bytes
-        self._encoding, self._bom = saved
+        self._encoding, self._bom = saved.encoding, saved.bom
         self._sniffed, self._undecided = True, None
         self._lines = LineFramer(self.limit, offset=offset, line=line)
         if self._encoding == UTF8:
@@ -121,21 +119,6 @@ class FileSource(LocalSource):
             self._file.seek(self._bom)
             self._raw_read = self._bom
             self._skip = offset
-
-    def _restore(self) -> tuple[int, int, tuple[str, int]]:
-        unknown = (0, 0, (UTF8, 0))
-        if self.checkpoint is None or not self.checkpoint.exists():
-            return unknown
-        try:
-            saved = orjson.loads(self.checkpoint.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
-            log.warning("checkpoint_unreadable", checkpoint=str(self.checkpoint), error=str(exc))
-            return unknown
-        if saved.get("path") != os.path.abspath(self.path):
-            log.info("checkpoint_other_file", checkpoint=str(self.checkpoint), path=saved.get("path"))
-            return unknown
-        encoding = (str(saved.get("encoding", UTF8)), int(saved.get("bom", 0)))
-        return int(saved.get("offset", 0)), int(saved.get("line", 0)), encoding
 
     # -- reading ------------------------------------------------------------------------------
     async def fetch(self, timeout_s: float) -> Batch | None:
@@ -304,39 +287,14 @@ class FileSource(LocalSource):
         self._sniffed, self._head, self._undecided, self._transcoder, self._skip = False, b"", b"", None, 0
         self._lines = LineFramer(self.limit)
         self._frames.clear()
-        self._committed = None  # the new file's offsets start again at 0: its commits must not be skipped
+        if self.checkpoint is not None:
+            self.checkpoint.restart()
 
     # -- committing ---------------------------------------------------------------------------
     async def commit(self, position: Any) -> None:
-        if self.checkpoint is None:
-            return
-        offset, line = position
-        if self._committed is not None and offset <= self._committed:
-            return
-        data = orjson.dumps(
-            {
-                "path": os.path.abspath(self.path),
-                "offset": offset,
-                "line": line,
-                "encoding": self._encoding,
-                "bom": self._bom,
-            }
-        )
-        retry = self._checkpoint_retry
-        wait_s = retry.wait_s()
-        if wait_s > 0:
-            raise SourceUnavailable(
-                f"checkpoint {self.checkpoint} not written ({retry.cause}); next try in {wait_s:.1f} s"
-            )
-        try:
-            await asyncio.to_thread(_write_atomically, self.checkpoint, data)
-        except OSError as exc:
-            delay_s = retry.failed(exc.strerror or str(exc))
-            raise SourceUnavailable(
-                f"cannot write the checkpoint {self.checkpoint}: {retry.cause}; retrying in {delay_s:.1f} s"
-            ) from None
-        retry.succeeded()
-        self._committed = offset
+        if self.checkpoint is not None:
+            offset, line = position
+            await self.checkpoint.write(Saved(offset, line, self._encoding, self._bom))
 
     async def close(self) -> None:
         if self._stdin_read is not None:
@@ -365,40 +323,3 @@ def _is_json(text: bytes) -> bool:
     except orjson.JSONDecodeError:
         return False
     return True
-
-
-class _CheckpointRetry:
-    """Backoff between checkpoint writes that failed: 0.5 s, 1 s, 2 s ... 30 s, reset by a success."""
-
-    def __init__(self) -> None:
-        self.failures = 0
-        self.cause = ""
-        self._next_try = 0.0
-
-    def wait_s(self) -> float:
-        return self._next_try - time.monotonic() if self.failures else 0.0
-
-    def failed(self, cause: str) -> float:
-        delay_s = min(30.0, 0.5 * float(1 << min(self.failures, 10)))
-        self.failures += 1
-        self.cause = cause
-        self._next_try = time.monotonic() + delay_s
-        return delay_s
-
-    def succeeded(self) -> None:
-        self.failures = 0
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError:
-        with contextlib.suppress(OSError):  # a full disk: leave no partial temp file taking space
-            temporary.unlink()
-        raise

@@ -23,11 +23,11 @@ import fcntl
 import os
 import sqlite3
 import time
-from contextlib import suppress
 from pathlib import Path
 
 import orjson
 
+from rmmwatch.durable import write_durably
 from rmmwatch.kql.datetimes import format_datetime
 from rmmwatch.stores.base import StoreLocked, StoreRefused, StoreUnavailable
 
@@ -113,7 +113,7 @@ class StoreFile:
             return
         marker = {"store_id": store_id, "created": format_datetime(time.time_ns() // 100), "db": self.path.name}
         try:
-            _write_durably(self.marker, orjson.dumps(marker))
+            write_durably(self.marker, orjson.dumps(marker))
         except OSError as exc:
             raise self.os_error(exc, "cannot write the marker file of") from None
 
@@ -144,23 +144,3 @@ class StoreFile:
         if isinstance(exc, sqlite3.OperationalError):
             return StoreUnavailable(f"sqlite {self.path}: {exc}" + (f" ({name})" if name else ""))
         return exc
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """``data`` in ``path`` whole or not at all, on disk when this returns (temp file, fsync, rename)."""
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError:
-        with suppress(OSError):
-            temporary.unlink()
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
