@@ -241,8 +241,12 @@ _CATEGORIES = {
 #: Conditions with no literal (always evaluated) or none that can hold, per table.
 _LITERAL_FREE = {
     "DeviceProcessEvents": ["ProcessId > 100", "not(FileName has 'anydesk')", "isempty(FileName)"],
-    "DeviceNetworkEvents": ["RemotePort == 443", "RemoteUrl !has 'anydesk'", "RemotePort == dynamic(null)",
-                            "RemoteUrl has_any ()"],  # fmt: skip
+    "DeviceNetworkEvents": [
+        "RemotePort == 443",
+        "RemoteUrl !has 'anydesk'",
+        "RemotePort == dynamic(null)",
+        "RemoteUrl has_any ()",
+    ],
     "DeviceFileCertificateInfo": ["IsTrusted == false", "not(IsSigned)", "isnotempty(Issuer)"],
 }
 

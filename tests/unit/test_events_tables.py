@@ -72,7 +72,8 @@ def test_a_record_meets_only_the_rules_of_its_table(category: str, shape: str, e
     """Whatever its shape, a record matches its own table's rules, never another's on a shared column."""
     record = RECORDS[category]
     detector = Detector(SHARED, prefilter_engine=engine)
-    assert _rules_of(detector, [SHAPES[shape](category, record)]) == [(r, record["DeviceId"]) for r in EXPECTED[category]]
+    expected = [(rule_id, record["DeviceId"]) for rule_id in EXPECTED[category]]
+    assert _rules_of(detector, [SHAPES[shape](category, record)]) == expected
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -262,7 +263,7 @@ def test_a_match_carries_the_key_fields_of_its_table(
     assert match.trigger["Timestamp"] == "2026-11-20T12:00:00.0000000Z"
     assert match.trigger["DeviceId"] == record["DeviceId"]
     assert {k: match.trigger[k] for k in expected} == expected
-    assert T0 == match.ticks
+    assert match.ticks == T0
 
 
 def test_trigger_columns_are_columns_of_their_table() -> None:
