@@ -161,8 +161,8 @@ class Detector:
         prefilter_engine: str = "auto",
         table: str | None = None,
     ) -> None:
-        """``table``: the table of every record that carries no ``category`` (``hunt --table``);
-        None: told from the record's columns (docs/semantics.md §2)."""
+        """``table``: the table of every record that carries no ``category`` (input known to be one
+        table's export); None: told from the record's columns (docs/semantics.md §2)."""
         if not rules:
             raise ValueError("at least one rule is needed")
         if table is not None and table not in TABLES:
