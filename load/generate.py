@@ -1,9 +1,10 @@
 """The synthetic Defender stream for load tests: Kafka, a file or stdout, with its expected ``hunt`` answer.
 
 Built on :class:`rmmwatch.synthetic.Generator` (through its public ``GeneratorConfig`` only): a device
-population with a realistic process mix, compact records of about 1.5 KB, 1 to N records per message,
-NetSupport launches at a chosen ratio as abuse and benign stories (one per bundled exclusion), decoys,
-duplicates, late, future-dated and other-table records, and malformed messages. Deterministic from
+population with a realistic mix of process, network and certificate events, compact records of about
+1.5 KB, 1 to N records per message, NetSupport launches at a chosen ratio as abuse and benign stories (one
+per bundled exclusion), decoys, other RMM tools' stories and near misses in the three tables, duplicates,
+late, future-dated and other-table records, and malformed messages. Deterministic from
 ``--seed``; with ``--clock`` the generator's clock starts at a fixed instant and advances ``--step-ms``
 per message, so two runs write the same bytes (without it the clock is the wall clock).
 
@@ -23,7 +24,7 @@ line on stderr about once a second (messages, records, messages/s, records/s, MB
 
 The expected answer: ``--expect PATH`` writes exactly what ``rmmwatch hunt --now <end> --format json``
 prints over the messages written (its code path run in-process on every message as it is written:
-``rmmwatch.events.Detector`` with the bundled rule, then ``rmmwatch.window.summarize`` at ``<end>``, the
+``rmmwatch.events.Detector`` with the bundled rules or ``--rule``, then ``rmmwatch.window.summarize`` at ``<end>``, the
 generator's last clock value); the ``--now`` to give ``hunt`` is printed on stderr. So any run can be
 checked: ``rmmwatch hunt --now <end> --format json FILE`` over a file written with ``--output``, or a
 detector's final state, must equal it.
@@ -291,12 +292,14 @@ async def write_stream(
     rate: float | None = None,
     clock: Callable[[], int] | None = None,
     expect: bool = False,
+    rules: list[Rule] | None = None,
     quiet: bool = True,
     stop_when: Callable[[Summary], bool] | None = None,
 ) -> Summary:
     """Generate and write messages until a bound is hit; return what was written.
 
     ``rate`` paces messages (a schedule, not sleeps after each send: a slow moment is caught up);
+    ``rules`` are those of the expected answer (default: every bundled rule);
     ``stop_when`` is asked after every message (the 100,000-device stream stops on a device count).
     """
     if count is None and records is None and seconds is None and stop_when is None:
@@ -309,7 +312,7 @@ async def write_stream(
         return last[0]
 
     generator = Generator(config, tracking)
-    summary = Summary(stats=generator.stats, expected=ExpectedHunt() if expect else None)
+    summary = Summary(stats=generator.stats, expected=ExpectedHunt(rules) if expect else None)
     progress = _Progress(quiet)
     await sink.start()
     started = time.perf_counter()
@@ -354,6 +357,11 @@ def config_from_args(args: argparse.Namespace) -> GeneratorConfig:
         netsupport_ratio=args.netsupport_ratio,
         netsupport_devices=args.netsupport_devices,
         decoy_ratio=args.decoy_ratio,
+        network_ratio=args.network_ratio,
+        certificate_ratio=args.certificate_ratio,
+        rmm_ratio=args.rmm_ratio,
+        rmm_devices=args.rmm_devices,
+        near_miss_ratio=args.near_miss_ratio,
         duplicate_ratio=args.duplicate_ratio,
         late_ratio=args.late_ratio,
         future_ratio=args.future_ratio,
@@ -395,13 +403,26 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--netsupport-ratio", type=float, default=0.001, help="NetSupport launches per record")
     what.add_argument("--netsupport-devices", type=int, default=25, help="devices the NetSupport stories fall on")
     what.add_argument("--decoy-ratio", type=float, default=0.0005, help="'NetSupportive'-style decoys per record")
+    defaults = GeneratorConfig()
+    what.add_argument("--network-ratio", type=float, default=defaults.network_ratio,
+                      help="DeviceNetworkEvents records per record")  # fmt: skip
+    what.add_argument("--certificate-ratio", type=float, default=defaults.certificate_ratio,
+                      help="DeviceFileCertificateInfo records per record")  # fmt: skip
+    what.add_argument("--rmm-ratio", type=float, default=defaults.rmm_ratio,
+                      help="RMM tool stories (AnyDesk, TeamViewer, ...) per record, in every table")  # fmt: skip
+    what.add_argument("--rmm-devices", type=int, default=defaults.rmm_devices, help="devices the RMM stories fall on")
+    what.add_argument("--near-miss-ratio", type=float, default=defaults.near_miss_ratio,
+                      help="near misses of the RMM tools' names and domains per record")  # fmt: skip
     what.add_argument("--duplicate-ratio", type=float, default=0.0, help="exact re-sends per record")
     what.add_argument("--late-ratio", type=float, default=0.0, help="records older than the 5-day window")
     what.add_argument("--future-ratio", type=float, default=0.0, help="records dated 1 to 10 minutes ahead")
-    what.add_argument("--other-table-ratio", type=float, default=0.0, help="DeviceNetworkEvents records")
+    what.add_argument("--other-table-ratio", type=float, default=0.0, help="records of a table no rule reads")
     what.add_argument("--malformed-ratio", type=float, default=0.0, help="malformed messages, per message")
     what.add_argument("--full-records", action="store_true", help="every column (about 2 KB) instead of compact")
     parser.add_argument("--expect", metavar="PATH", help="write the expected `rmmwatch hunt --format json` rows here")
+    parser.add_argument("--rule", action="append", metavar="RULE",
+                        help="with --expect: the rules hunt runs (rmmwatch's --rule: file or bundled:<name>; "
+                        "repeatable; default: every bundled rule)")  # fmt: skip
     return parser
 
 
@@ -418,12 +439,13 @@ async def _main(args: argparse.Namespace) -> int:
     clock = fixed_clock(args.clock, args.step_ms) if args.clock else None
     summary = await write_stream(config_from_args(args), sink, count=args.count, records=args.records,
                                  seconds=args.seconds, rate=args.rate, clock=clock, expect=bool(args.expect),
-                                 quiet=args.quiet)  # fmt: skip
+                                 rules=load_rules(args.rule) if args.rule else None, quiet=args.quiet)  # fmt: skip
     stats = summary.stats
     print(
         f"generate: wrote {summary.messages:,} messages, {summary.records:,} records, {summary.bytes / 1e6:,.1f} MB "
         f"in {summary.seconds:.1f} s ({summary.bytes / max(summary.records, 1):.0f} B/record); {stats.netsupport:,} "
-        f"NetSupport launches, {stats.decoys:,} decoys, {stats.duplicates:,} duplicates, {stats.late:,} late, "
+        f"NetSupport launches, {stats.decoys:,} decoys, {stats.rmm:,} RMM stories, {stats.near_misses:,} near misses, "
+        f"{stats.duplicates:,} duplicates, {stats.late:,} late, "
         f"{stats.future:,} future, {stats.other_table:,} other-table, {stats.malformed:,} malformed; end "
         f"{format_datetime(summary.end)}",
         file=sys.stderr,

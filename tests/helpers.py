@@ -63,16 +63,87 @@ def row(
     return out
 
 
-def envelope(*rows: dict[str, Any]) -> bytes:
-    """An Event Hubs message body holding ``rows`` as DeviceProcessEvents records."""
-    return orjson.dumps(
-        {
-            "records": [
-                {"time": r["Timestamp"], "category": "AdvancedHunting-DeviceProcessEvents", "properties": r}
-                for r in rows
-            ]
-        }
-    )
+def network_row(
+    *,
+    ticks: int = T0,
+    device: str = "dev-1",
+    name: str | None = None,
+    report: int | None = None,
+    url: str = "relay-17.net.anydesk.com",
+    company: str = "AnyDesk Software GmbH",
+    product: str = "AnyDesk",
+    **extra: Any,
+) -> dict[str, Any]:
+    """A DeviceNetworkEvents row (the Advanced Hunting shape): a connection by an RMM tool's process."""
+    out: dict[str, Any] = {
+        "Timestamp": format_datetime(ticks),
+        "DeviceId": device,
+        "DeviceName": name if name is not None else f"{device}.corp.example",
+        "ActionType": "ConnectionSuccess",
+        "RemoteIP": "203.0.113.17",
+        "RemotePort": 443,
+        "RemoteUrl": url,
+        "LocalIP": "10.1.2.3",
+        "LocalPort": 50123,
+        "Protocol": "Tcp",
+        "InitiatingProcessFileName": "AnyDesk.exe",
+        "InitiatingProcessVersionInfoCompanyName": company,
+        "InitiatingProcessVersionInfoProductName": product,
+        "InitiatingProcessAccountName": "jdoe",
+        "ReportId": next(_report_ids) if report is None else report,
+    }
+    out.update(extra)
+    return out
+
+
+def certificate_row(
+    *,
+    ticks: int = T0,
+    device: str = "dev-1",
+    name: str | None = None,
+    report: int | None = None,
+    signer: str = "AnyDesk Software GmbH",
+    signed: bool | None = True,
+    trusted: bool | None = True,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A DeviceFileCertificateInfo row (the Advanced Hunting shape): a file's signature."""
+    out: dict[str, Any] = {
+        "Timestamp": format_datetime(ticks),
+        "DeviceId": device,
+        "DeviceName": name if name is not None else f"{device}.corp.example",
+        "SHA1": "4f6b1c7e0d2a9b8c3e5f1a0d7c6b5a4e3d2c1b0a",
+        "IsSigned": signed,
+        "SignatureType": "Embedded",
+        "Signer": signer,
+        "Issuer": "DigiCert Trusted G4 Code Signing RSA4096 SHA384 2021 CA1",
+        "IsTrusted": trusted,
+        "IsRootSignerMicrosoft": False,
+        "ReportId": next(_report_ids) if report is None else report,
+    }
+    out.update(extra)
+    return out
+
+
+PROCESS = "AdvancedHunting-DeviceProcessEvents"
+NETWORK = "AdvancedHunting-DeviceNetworkEvents"
+CERTIFICATE = "AdvancedHunting-DeviceFileCertificateInfo"
+
+
+def envelope(*rows: dict[str, Any], category: str = PROCESS) -> bytes:
+    """An Event Hubs message body holding ``rows`` as records of one table (DeviceProcessEvents by default)."""
+    return orjson.dumps({"records": [{"time": r["Timestamp"], "category": category, "properties": r} for r in rows]})
+
+
+def mixed(*records: tuple[str, dict[str, Any]]) -> bytes:
+    """An Event Hubs message body holding (category, row) records of several tables."""
+    return orjson.dumps({"records": [{"time": r["Timestamp"], "category": c, "properties": r} for c, r in records]})
+
+
+def rule(query: str, rule_id: str = "test-rule", exclusions: str = "") -> Rule:
+    """A rule of the given KQL text (and optional YAML ``exclusions:`` block)."""
+    body = "".join(f"  {line}\n" for line in query.strip().splitlines())
+    return parse_rule(f"id: {rule_id}\nname: {rule_id}\nquery: |\n{body}{exclusions}", rule_id)
 
 
 def matches(detector: Detector, rows: Iterable[dict[str, Any]]) -> list[Match]:

@@ -23,6 +23,7 @@ from rmmwatch import __version__
 from rmmwatch.config import STORE_OPTIONS, ConfigError, RunConfig, add_run_options, resolve
 from rmmwatch.hunt import FORMATS, Hunt, output_columns, print_rows, tag_rows
 from rmmwatch.kql.datetimes import DatetimeError, parse_datetime
+from rmmwatch.kql.schema import TABLES
 from rmmwatch.model import wall_clock
 from rmmwatch.rules import Rule, RuleError, RuleSet, load_rule_set, rules_summary
 from rmmwatch.synthetic import GeneratorConfig
@@ -110,7 +111,10 @@ async def _hunt(args: argparse.Namespace) -> int:
     # --strict: no prefilter, so every message is parsed and every bad one reported (the prefilter skips, unparsed,
     # messages that cannot match any rule: docs/semantics.md §8).
     detector = Detector(
-        rules, max_message_bytes=args.max_message_bytes, prefilter_engine="off" if args.strict else "auto"
+        rules,
+        max_message_bytes=args.max_message_bytes,
+        prefilter_engine="off" if args.strict else "auto",
+        table=args.table,
     )
     hunt = Hunt(rules)
     excluded: dict[str, int] = {}
@@ -237,6 +241,11 @@ GENERATE_OPTIONS = (
     "netsupport_ratio",
     "netsupport_devices",
     "decoy_ratio",
+    "network_ratio",
+    "certificate_ratio",
+    "rmm_ratio",
+    "rmm_devices",
+    "near_miss_ratio",
     "duplicate_ratio",
     "late_ratio",
     "future_ratio",
@@ -312,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1_048_576,
         help="larger lines are reported as oversized (a larger JSON document is read element by element)",
+    )
+    hunt.add_argument(
+        "--table",
+        choices=sorted(TABLES),
+        help="the table of rows without a category (an Advanced Hunting export); default: told by their columns",
     )
     hunt.add_argument(
         "--strict",

@@ -4,26 +4,37 @@ A message is one Event Hubs body / Kafka value / input line. Three shapes are ac
 (docs/semantics.md §2): the streaming API envelope ``{"records": [record, ...]}``, one
 storage-export record ``{"category": ..., "properties": {...}}``, and a bare Advanced
 Hunting row (the ``properties`` object alone); a JSON array of any of these is accepted
-too. Records of other tables are skipped; records without a ``category`` are assumed to
-be of the rule's table.
+too. A record's table is its ``category``; a record without one says its table through the
+columns only one table has (``RemoteUrl``: a network event), or is declared by the caller
+(``table=``); records of tables no rule reads, or whose table cannot be told, are skipped
+and counted.
+
+Rules of several tables run in one pass (docs/architecture.md §1): one prefilter scan per
+message says which rules' literals occur in it; a record is evaluated only against those
+rules of its own table, converting only the columns they read. A rule without a literal is
+evaluated on every record of its table. The answer is the one of evaluating every rule on
+every record: the prefilter only skips work that cannot match.
 
 Bad input never raises: each problem is reported with a reason (a fixed, small set,
 used as a metric label) and the rest of the message is processed. Messages the byte
 prefilter rules out are not parsed at all, so they are not validated either: they cannot
-match, and validating them would cost the parse the prefilter exists to avoid.
+match, and validating them would cost the parse the prefilter exists to avoid. For the same
+reason a record is validated only in the columns the rules evaluated on it read, and a
+wrong-typed column spoils the record for the rules that read it, not for the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from rmmwatch.kql.datetimes import DatetimeError, format_datetime, parse_datetime
-from rmmwatch.kql.schema import TRIGGER_COLUMNS, KqlType
+from rmmwatch.kql.schema import TABLES, TRIGGER_COLUMNS, KqlType, distinctive_columns
 from rmmwatch.model import BatchResult, Excluded, Match, Problem
-from rmmwatch.prefilter import Prefilter, combined_requirements
+from rmmwatch.prefilter import Mask, Prefilter
 from rmmwatch.rules import Rule
 
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576  # Event Hubs' maximum message size
@@ -102,7 +113,12 @@ def _dynamic(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-_CONVERTERS = {
+Converter = Callable[[Any], Any]
+Columns = tuple[tuple[str, Converter], ...]
+#: A column that could not be converted: (reason, detail).
+Failure = tuple[str, str]
+
+_CONVERTERS: dict[str, Converter] = {
     "string": _string,
     "long": _long,
     "real": _real,
@@ -113,8 +129,29 @@ _CONVERTERS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What to do with a record of one table when a given set of its rules is awake."""
+
+    #: The awake rules of the table, in load order, and their ``where`` tests.
+    rules: tuple[Rule, ...]
+    tests: tuple[Callable[[Mapping[str, Any]], bool], ...]
+    #: The columns any of these rules' ``where`` reads, converted for every such record.
+    conditions: Columns
+    #: Per rule, the columns its ``where`` reads (a failed one means: do not evaluate it).
+    reads: tuple[frozenset[str], ...]
+    #: Per rule, every column it needs once its ``where`` holds (identity, group, aggregates,
+    #: exclusions).
+    needs: tuple[Columns, ...]
+
+
+#: Plans are kept per set of awake rules; a stream shows few distinct sets, but the cache is
+#: bounded all the same (a crafted stream could show many).
+_MAX_PLANS = 4096
+
+
 class Detector:
-    """Prefilter, decode and match messages against a set of rules."""
+    """Prefilter, decode and match messages against a set of rules (of one or more tables)."""
 
     def __init__(
         self,
@@ -122,31 +159,39 @@ class Detector:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         prefilter_engine: str = "auto",
+        table: str | None = None,
     ) -> None:
+        """``table``: the table of every record that carries no ``category`` (input known to be one
+        table's export); None: told from the record's columns (docs/semantics.md §2)."""
         if not rules:
             raise ValueError("at least one rule is needed")
+        if table is not None and table not in TABLES:
+            raise ValueError(f"unknown table {table!r} (known: {', '.join(TABLES)})")
         self.rules = tuple(rules)
         self.max_message_bytes = max_message_bytes
-        self.prefilter = Prefilter(combined_requirements(r.query.required for r in rules), engine=prefilter_engine)
-        self.categories = frozenset(r.query.category for r in rules)
-        # Two passes per record: the columns the where conditions read (for every record of a
-        # parsed message), then the rest (identity, group, aggregates, exclusions) for matches only.
-        first: dict[str, KqlType] = {}
-        rest: dict[str, KqlType] = {}
-        for rule in rules:
-            schema = rule.query.schema
-            for name in rule.query.condition_columns:
-                first[name] = schema[name]
-            for name in rule.columns:
-                rest[name] = schema[name]
-        self._condition_columns = tuple((n, _CONVERTERS[k]) for n, k in sorted(first.items()))
-        self._match_columns = tuple((n, _CONVERTERS[k]) for n, k in sorted(rest.items()) if n not in first)
+        self.prefilter = Prefilter([r.query.required for r in self.rules], engine=prefilter_engine)
+        self.categories = frozenset(r.query.category for r in self.rules)
+        masks: dict[str, Mask] = {}
+        for index, rule in enumerate(self.rules):
+            masks[rule.query.category] = masks.get(rule.query.category, 0) | 1 << index
+        self._masks = masks
+        self._triggers = {category: TRIGGER_COLUMNS[table_name] for table_name, (category, _) in TABLES.items()}
+        # Bare rows: the declared table, else the one whose own columns the row carries, else
+        # (no such column) the one table of the loaded rules, if they have one.
+        self._declared = TABLES[table][0] if table is not None else None
+        self._only = next(iter(self.categories)) if len(self.categories) == 1 else None
+        self._distinctive = {column: TABLES[name][0] for column, name in distinctive_columns().items()}
+        # Per rule, every column it needs once its where holds (identity, group, aggregates, exclusions).
+        self._needs: tuple[Columns, ...] = tuple(
+            tuple((name, _CONVERTERS[rule.query.schema[name]]) for name in sorted(rule.columns)) for rule in self.rules
+        )
+        self._plans: dict[Mask, _Plan] = {}
 
     # -- the hot path ------------------------------------------------------------------
     def process(self, messages: Iterable[bytes], result: BatchResult | None = None) -> BatchResult:
         """Run every message through prefilter, decode and match."""
         result = BatchResult() if result is None else result
-        prefilter = self.prefilter
+        scan = self.prefilter.scan
         limit = self.max_message_bytes
         index = result.messages
         for raw in messages:
@@ -157,15 +202,17 @@ class Detector:
                 # Oversized), with its real size: reported as that size, dead-lettered as the prefix.
                 full = getattr(raw, "full_size", size)
                 result.problems.append((index, Problem(OVERSIZED, f"{full} bytes is over the {limit}-byte limit")))
-            elif prefilter(raw):
-                result.candidates += 1
-                self._decode_message(raw, index, result)
+            else:
+                awake = scan(raw)
+                if awake:
+                    result.candidates += 1
+                    self._decode_message(raw, awake, index, result)
             index += 1
         result.messages = index
         return result
 
     # -- decoding ----------------------------------------------------------------------
-    def _decode_message(self, raw: bytes, index: int, result: BatchResult) -> None:
+    def _decode_message(self, raw: bytes, awake: Mask, index: int, result: BatchResult) -> None:
         try:
             document = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -192,16 +239,36 @@ class Detector:
             result.problems.append((index, Problem(NOT_OBJECT, f"the body is a JSON {type(document).__name__}")))
             return
         for position, record in enumerate(records):
-            self._decode_record(record, position, index, result)
+            self._decode_record(record, awake, position, index, result)
 
-    def _decode_record(self, record: Any, position: int, index: int, result: BatchResult) -> None:
+    def row_category(self, row: Mapping[str, Any]) -> str | None:
+        """The table (as its category) of a record that carries no ``category``; None: cannot tell.
+
+        The declared table if there is one; else the table whose own columns (those of no other
+        known table) the row carries; a row with columns of two tables says nothing, and a row
+        with none is of the loaded rules' table when they all read one (docs/semantics.md §2).
+        """
+        if self._declared is not None:
+            return self._declared
+        distinctive = self._distinctive
+        found: str | None = None
+        for key in row:
+            category = distinctive.get(key)
+            if category is not None and category != found:
+                if found is not None:
+                    return None
+                found = category
+        return self._only if found is None else found
+
+    def _decode_record(self, record: Any, awake: Mask, position: int, index: int, result: BatchResult) -> None:
         if not isinstance(record, dict):
             problem = _bad_record(RECORD_NOT_OBJECT, f"a {type(record).__name__}", position, record)
             result.problems.append((index, problem))
             return
+        masks = self._masks
         category = record.get("category")
         if "properties" in record:
-            if category is not None and category not in self.categories:
+            if category is not None and category not in masks:
                 result.other_tables += 1
                 return
             row = record["properties"]
@@ -210,7 +277,7 @@ class Detector:
                 result.problems.append((index, problem))
                 return
         elif category is not None or "operationName" in record or "tenantId" in record:
-            if category is not None and category not in self.categories:
+            if category is not None and category not in masks:
                 result.other_tables += 1
                 return
             problem = _bad_record(MISSING_PROPERTIES, "an envelope record without 'properties'", position, record)
@@ -218,24 +285,66 @@ class Detector:
             return
         else:
             row = record  # a bare Advanced Hunting row
-        result.records += 1
-        event: dict[str, Any] = {}
-        rules: list[Rule] = []
-        bad = _convert(row, self._condition_columns, event)
-        if bad is None:
-            rules = [rule for rule in self.rules if rule.query.matches(event)]
-            if not rules:
+        if category is None:
+            category = self.row_category(row)
+            if category is None or category not in masks:
+                result.other_tables += 1
                 return
-            bad = _convert(row, self._match_columns, event)
-        if bad is not None:
-            result.problems.append((index, _bad_record(bad[0], bad[1], position, record)))
+        result.records += 1
+        woken = awake & masks[category]
+        if not woken:
+            return  # none of the rules of this record's table can match this message
+        plan = self._plans.get(woken)
+        if plan is None:
+            plan = self._plan(woken)
+        event: dict[str, Any] = {}
+        failed = _convert(row, plan.conditions, event)
+        tests = plan.tests
+        if failed is None:
+            hits = [k for k, test in enumerate(tests) if test(event)]
+        else:
+            reads = plan.reads
+            hits = [k for k, test in enumerate(tests) if reads[k].isdisjoint(failed) and test(event)]
+        matched: list[Rule] = []
+        for k in hits:
+            needs = plan.needs[k]
+            failed = _convert_missing(row, needs, event, failed)
+            if failed is None or all(name not in failed for name, _ in needs):
+                matched.append(plan.rules[k])
+        if failed is not None:
+            reason, detail = failed[min(failed)]
+            result.problems.append((index, _bad_record(reason, detail, position, record)))
+        if not matched:
             return
         ticks = event["Timestamp"]
         if ticks is None:
             problem = _bad_record(MISSING_FIELD, "Timestamp is missing or null", position, record)
             result.problems.append((index, problem))
             return
-        self._match(rules, event, ticks, row, result)
+        trigger = trigger_fields(row, ticks, self._triggers[category])
+        self._match(matched, event, ticks, trigger, result)
+
+    def _plan(self, woken: Mask) -> _Plan:
+        """The plan for a set of awake rules of one table (made once, then reused)."""
+        indices = tuple(_bits(woken))
+        rules = tuple(self.rules[i] for i in indices)
+        columns: dict[str, KqlType] = {}
+        for rule in rules:
+            schema = rule.query.schema
+            for name in rule.query.condition_columns:
+                columns[name] = schema[name]
+        conditions = tuple((name, _CONVERTERS[kind]) for name, kind in sorted(columns.items()))
+        plan = _Plan(
+            rules=rules,
+            tests=tuple(rule.query.matches for rule in rules),
+            conditions=conditions,
+            reads=tuple(rule.query.condition_columns for rule in rules),
+            needs=tuple(self._needs[i] for i in indices),
+        )
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        self._plans[woken] = plan
+        return plan
 
     # -- matching ----------------------------------------------------------------------
     def _match(
@@ -243,11 +352,10 @@ class Detector:
         rules: list[Rule],
         event: dict[str, Any],
         ticks: int,
-        row: Mapping[str, Any],
+        trigger: dict[str, Any],
         result: BatchResult,
     ) -> None:
         identity = orjson.dumps([event["DeviceId"], event["DeviceName"], ticks, event["ReportId"]]).decode()
-        trigger = trigger_fields(row, ticks)
         for rule in rules:
             query = rule.query
             group = query.group_key(event)
@@ -267,29 +375,62 @@ class Detector:
                 result.excluded.append(Excluded(match, exclusion))
 
 
+def _bits(mask: Mask) -> Iterable[int]:
+    """The indices of the set bits of ``mask``, lowest first."""
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
+
+
 def _bad_record(reason: str, detail: str, position: int, record: Any) -> Problem:
     """A problem with one record: its dead letter carries that record (re-encoded), never the whole message,
     so a message of many bad records costs about its own size in dead letters, not its size per record."""
     return Problem(reason, detail, position, orjson.dumps(record))
 
 
-def _convert(
-    row: Mapping[str, Any], columns: Sequence[tuple[str, Any]], event: dict[str, Any]
-) -> tuple[str, str] | None:
-    """Type-convert ``columns`` of ``row`` into ``event``; (reason, detail) on the first bad one."""
+def _convert(row: Mapping[str, Any], columns: Columns, event: dict[str, Any]) -> dict[str, Failure] | None:
+    """Type-convert ``columns`` of ``row`` into ``event``; the failures (column -> (reason, detail)), if any.
+
+    A failed column is left out of ``event``: the rules that read it are not evaluated on this record.
+    """
+    failed: dict[str, Failure] | None = None
     for name, convert in columns:
         value = row.get(name)
         try:
             event[name] = convert(value)
-        except TypeError:
-            return WRONG_TYPE, f"{name} is a JSON {type(value).__name__}, not {convert.__name__.strip('_')}"
-        except DatetimeError as exc:
-            return BAD_TIMESTAMP, f"{name}: {exc}"
-    return None
+        except (TypeError, DatetimeError) as exc:
+            failed = {} if failed is None else failed
+            failed[name] = _failure(name, value, convert, exc)
+    return failed
 
 
-def trigger_fields(row: Mapping[str, Any], ticks: int) -> dict[str, Any]:
-    """The triggering event's key fields for the alert (Timestamp in KQL's 7-digit form)."""
-    out: dict[str, Any] = {name: row.get(name) for name in TRIGGER_COLUMNS}
+def _convert_missing(
+    row: Mapping[str, Any], columns: Columns, event: dict[str, Any], failed: dict[str, Failure] | None
+) -> dict[str, Failure] | None:
+    """:func:`_convert` for the columns not converted (nor failed) yet; the failures so far."""
+    for name, convert in columns:
+        if name in event or (failed is not None and name in failed):
+            continue
+        value = row.get(name)
+        try:
+            event[name] = convert(value)
+        except (TypeError, DatetimeError) as exc:
+            failed = {} if failed is None else failed
+            failed[name] = _failure(name, value, convert, exc)
+    return failed
+
+
+def _failure(name: str, value: Any, convert: Converter, exc: Exception) -> Failure:
+    if isinstance(exc, DatetimeError):
+        return BAD_TIMESTAMP, f"{name}: {exc}"
+    return WRONG_TYPE, f"{name} is a JSON {type(value).__name__}, not {convert.__name__.strip('_')}"
+
+
+def trigger_fields(
+    row: Mapping[str, Any], ticks: int, columns: tuple[str, ...] = TRIGGER_COLUMNS["DeviceProcessEvents"]
+) -> dict[str, Any]:
+    """The triggering event's key fields for the alert (its table's, Timestamp in KQL's 7-digit form)."""
+    out: dict[str, Any] = {name: row.get(name) for name in columns}
     out["Timestamp"] = format_datetime(ticks)
     return out

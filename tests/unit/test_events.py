@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 
 from rmmwatch import events
 from rmmwatch.events import Detector
-from rmmwatch.rules import load_rules
-from tests.helpers import FIXTURES, T0, envelope, row, seed_rule
+from rmmwatch.rules import Rule, load_rules
+from tests.helpers import FIXTURES, T0, certificate_row, envelope, network_row, row, seed_rule
+from tests.helpers import rule as helper_rule
 
-BUNDLED = load_rules()
+BUNDLED = load_rules(["bundled:netsupport"])
 
 
 def _fixture_messages(name: str) -> list[bytes]:
@@ -200,3 +201,144 @@ def test_prefilter_never_changes_a_result(companies: list[str], escape: bool) ->
         result = Detector(BUNDLED, prefilter_engine=engine).process([message])
         assert [m.identity for m in result.matches] == [m.identity for m in reference.matches]
         assert [e.match.identity for e in result.excluded] == [e.match.identity for e in reference.excluded]
+
+
+# -- many rules over three tables: the prefilter never changes a result ----------------------------------
+
+#: Words rules look for and records carry: vendors' names and domains in several cases, longer
+#: terms that contain them, and the characters that fold to ASCII (U+0130 -> i, U+212A -> k).
+_WORDS = [
+    "anydesk",
+    "AnyDesk Software GmbH",
+    "ANYDESK.COM",
+    "relay.net.anydesk.com",
+    "anydesk.com.evil.example",
+    "myanydesk.com",
+    "teamviewer",
+    "TeamViewer Germany GmbH",
+    "kaseya",
+    "\u212aaseya",
+    "splashtop inc",
+    "action1",
+    "zoho corporation",
+    "l\u0130nk",
+    "link",
+    "n-able",
+    "",
+]
+_NEEDLES = ["anydesk", "anydesk software", "anydesk.com", "teamviewer", "kaseya", "splashtop", "action1", "zoho",
+            "link", "n-able", "desk"]  # fmt: skip
+_COLUMNS = {
+    "DeviceProcessEvents": ["ProcessVersionInfoCompanyName", "FileName", "InitiatingProcessVersionInfoCompanyName"],
+    "DeviceNetworkEvents": ["RemoteUrl", "InitiatingProcessVersionInfoCompanyName", "InitiatingProcessFileName"],
+    "DeviceFileCertificateInfo": ["Signer", "Issuer", "SHA1"],
+}
+_CATEGORIES = {
+    "DeviceProcessEvents": "AdvancedHunting-DeviceProcessEvents",
+    "DeviceNetworkEvents": "AdvancedHunting-DeviceNetworkEvents",
+    "DeviceFileCertificateInfo": "AdvancedHunting-DeviceFileCertificateInfo",
+}
+#: Conditions with no literal (always evaluated) or none that can hold, per table.
+_LITERAL_FREE = {
+    "DeviceProcessEvents": ["ProcessId > 100", "not(FileName has 'anydesk')", "isempty(FileName)"],
+    "DeviceNetworkEvents": [
+        "RemotePort == 443",
+        "RemoteUrl !has 'anydesk'",
+        "RemotePort == dynamic(null)",
+        "RemoteUrl has_any ()",
+    ],
+    "DeviceFileCertificateInfo": ["IsTrusted == false", "not(IsSigned)", "isnotempty(Issuer)"],
+}
+
+
+@st.composite
+def _conditions(draw: st.DrawFn, table: str) -> str:
+    column = draw(st.sampled_from(_COLUMNS[table]))
+    needle = draw(st.sampled_from(_NEEDLES))
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        items = draw(st.lists(st.sampled_from(_NEEDLES), min_size=1, max_size=3))
+        return f"{column} has_any ({', '.join(repr(i) for i in items)})"
+    if kind == 1:
+        other = draw(st.sampled_from(_COLUMNS[table]))
+        return f"{column} has '{needle}' and {other} contains '{draw(st.sampled_from(_NEEDLES))}'"
+    if kind == 2:
+        return f"{column} has '{needle}' or {draw(st.sampled_from(_LITERAL_FREE[table]))}"
+    if kind == 3:
+        return draw(st.sampled_from(_LITERAL_FREE[table]))
+    op = draw(st.sampled_from(["has", "contains", "startswith", "endswith", "=~", "has_cs", "hasprefix", "in~"]))
+    return f"{column} {op} ('{needle}')" if op == "in~" else f"{column} {op} '{needle}'"
+
+
+@st.composite
+def _rule_sets(draw: st.DrawFn) -> list[Rule]:
+    rules: list[Rule] = []
+    for index in range(draw(st.integers(1, 12))):
+        table = draw(st.sampled_from(list(_COLUMNS)))
+        condition = draw(_conditions(table))
+        exclusion = ""
+        if draw(st.booleans()):
+            column = draw(st.sampled_from(_COLUMNS[table]))
+            exclusion = f"exclusions:\n  - name: x\n    where: {column} has '{draw(st.sampled_from(_NEEDLES))}'\n"
+        query = f"{table} | where {condition} | summarize Count=count() by DeviceId, {_COLUMNS[table][0]}"
+        rules.append(helper_rule(query, f"r{index}", exclusion))
+    return rules
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    table = draw(st.sampled_from(list(_COLUMNS)))
+    values: dict[str, Any] = {}
+    for column in _COLUMNS[table]:
+        word = draw(st.sampled_from(_WORDS))
+        values[column] = draw(st.sampled_from([word, word.upper(), word.title()]))
+    if draw(st.integers(0, 9)) == 0:  # now and then a wrong type, in a column some rule may read
+        values[draw(st.sampled_from(_COLUMNS[table]))] = 7
+    device = draw(st.sampled_from(["a", "b"]))
+    if table == "DeviceProcessEvents":
+        record = row(device=device, ProcessId=draw(st.sampled_from([None, 50, 500])), **values)
+    elif table == "DeviceNetworkEvents":
+        record = network_row(device=device, RemotePort=draw(st.sampled_from([None, 443, 5938])), **values)
+    else:
+        record = certificate_row(device=device, trusted=draw(st.sampled_from([None, True, False])), **values)
+    return table, record
+
+
+def _encode(records: list[tuple[str, dict[str, Any]]], how: int, letter: str) -> bytes:
+    """Envelopes (orjson), bare rows, ASCII-escaped JSON (json.dumps), or every ``letter`` escaped as \\u00XX."""
+    import json
+
+    if how == 1:
+        return orjson.dumps([r for _, r in records])
+    body = {"records": [{"category": _CATEGORIES[t], "properties": r} for t, r in records]}
+    if how == 2:
+        return json.dumps(body).encode()
+    text = orjson.dumps(body).decode()
+    if how == 3:  # no real encoder does this, but JSON allows it (keys included)
+        text = text.replace(letter, f"\\u{ord(letter):04x}").replace(letter.upper(), f"\\u{ord(letter.upper()):04X}")
+    return text.encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rules=_rule_sets(),
+    messages=st.lists(st.lists(_records(), min_size=1, max_size=6), min_size=1, max_size=3),
+    how=st.integers(0, 3),
+    letter=st.sampled_from("dkesnyo"),
+)
+def test_many_rules_over_three_tables_give_the_answer_of_evaluating_every_rule(
+    rules: list[Rule], messages: list[list[tuple[str, dict[str, Any]]]], how: int, letter: str
+) -> None:
+    """Random rule sets over the three tables and random records: with either engine, the prefiltered path
+    (one scan, only the rules whose literal occurs, only their columns) matches and excludes exactly what
+    evaluating every rule on every record does; it reports no bad record the reference does not."""
+    encoded = [_encode(m, how, letter) for m in messages]
+    reference = Detector(rules, prefilter_engine="off").process(encoded)
+    expected_problems = {(index, p.record) for index, p in reference.problems}
+    for engine in ("python", "auto"):
+        result = Detector(rules, prefilter_engine=engine).process(encoded)
+        assert [(m.rule.id, m.identity) for m in result.matches] == [(m.rule.id, m.identity) for m in reference.matches]
+        assert [(e.match.rule.id, e.match.identity, e.exclusion.name) for e in result.excluded] == [
+            (e.match.rule.id, e.match.identity, e.exclusion.name) for e in reference.excluded
+        ]
+        assert {(index, p.record) for index, p in result.problems} <= expected_problems

@@ -12,7 +12,9 @@ file proves, with the *same* KQL text given to both engines:
 * null handling of a long column and three-valued ``and``/``or``/``not`` agree;
 * the seed hunting query over a dozen events (several devices, company-name variants, a null
   DeviceName, a null ReportId, a duplicate delivery, timestamps on the window edges) gives the
-  same rows from ``window.summarize`` as from duckdb-kql at a pinned ``now()``.
+  same rows from ``window.summarize`` as from duckdb-kql at a pinned ``now()``;
+* so do a DeviceNetworkEvents and a DeviceFileCertificateInfo rule in the published pack's shapes,
+  loaded together with the seed rule and fed bare rows of the three tables in one stream.
 
 DuckDB timestamps are microseconds, so the summarize comparison uses microsecond timestamps;
 tick (100 ns) precision is proved separately in test_kql_compiler.py and test_kql_datetimes.py.
@@ -469,3 +471,174 @@ def test_seed_query_rows_at_now_are_the_expected_ones(con: DuckDBPyConnection) -
     ]
     assert rows[0]["FirstSeen"] == first_d1 == "2026-11-15T12:00:00.1234560Z"
     assert rows[0]["LastSeen"] == format_datetime(parse_datetime("2026-11-20T12:00:00.123456Z"))
+
+
+# -- (c) rules of the other two tables, loaded together, end to end ---------------------------------------
+
+NETWORK_QUERY = """let Time_start = now(-5d);
+let Time_end = now();
+DeviceNetworkEvents
+| where Timestamp between (Time_start..Time_end)
+| where RemoteUrl has_any ('anydesk.com', 'api.playanext.com')
+    and InitiatingProcessVersionInfoCompanyName has 'anydesk'
+| summarize FirstSeen=min(Timestamp), LastSeen=max(Timestamp), Report=make_set(ReportId), Count=count(),
+    Ports=make_set(RemotePort), HighPort=max(RemotePort) by DeviceId, DeviceName, RemoteUrl"""
+
+CERTIFICATE_QUERY = """DeviceFileCertificateInfo
+| where Timestamp > ago(5d)
+| where Signer has_any ('AnyDesk Software', 'philandro Software')
+| summarize FirstSeen=min(Timestamp), Count=count(), Untrusted=countif(IsTrusted == false),
+    Files=dcount(SHA1), Report=make_set(ReportId) by DeviceId, DeviceName, Signer"""
+
+#: (Timestamp, DeviceId, RemoteUrl, company, RemotePort, ReportId): relays, case variants, lookalikes under
+#: and around the vendor's domain, another vendor's process, null ports, window edges.
+NETWORK_EVENTS: list[tuple[dt.datetime, str, str, str | None, int | None, int]] = [
+    (NOW - 5 * DAY, "n1", "relay-7.net.anydesk.com", "AnyDesk Software GmbH", 6568, 1),  # the low edge
+    (NOW - 5 * DAY - MICRO, "n1", "relay-7.net.anydesk.com", "AnyDesk Software GmbH", 6568, 2),  # too old
+    (NOW - DAY, "n1", "relay-7.net.anydesk.com", "ANYDESK SOFTWARE GMBH", 443, 3),
+    (NOW - DAY, "n1", "relay-7.net.anydesk.com", "AnyDesk Software GmbH", None, 4),  # null port
+    (NOW, "n1", "boot.net.AnyDesk.com", "philandro Software GmbH", 80, 5),  # company without 'anydesk'
+    (NOW - 2 * DAY, "n2", "anydesk.com.login-check.example", "AnyDesk Software GmbH", 443, 6),  # under the domain
+    (NOW - 2 * DAY, "n2", "myanydesk.com", "AnyDesk Software GmbH", 443, 7),  # a longer term
+    (NOW - 2 * DAY, "n2", "anydesk.community", "AnyDesk Software GmbH", 443, 8),
+    (NOW - 3 * DAY, "n3", "api.playanext.com", "AnyDesk", 443, 9),
+    (NOW - 3 * DAY, "n3", "api.playanext.com", None, 443, 10),  # null company: "" in KQL
+    (NOW + MICRO, "n3", "api.playanext.com", "AnyDesk", 443, 11),  # the future
+]
+
+#: (Timestamp, DeviceId, Signer, IsTrusted, SHA1, ReportId): signers, lookalikes, null trust, repeated files.
+CERTIFICATE_EVENTS: list[tuple[dt.datetime, str, str | None, bool | None, str, int]] = [
+    (NOW - 4 * DAY, "c1", "AnyDesk Software GmbH", True, "a1", 21),
+    (NOW - 3 * DAY, "c1", "AnyDesk Software GmbH", False, "a2", 22),
+    (NOW - 2 * DAY, "c1", "AnyDesk Software GmbH", None, "a2", 23),  # null trust: countif is false
+    (NOW - DAY, "c1", "ANYDESK SOFTWARE GMBH", True, "a3", 24),  # another Signer value: another group
+    (NOW - DAY, "c2", "philandro Software GmbH", False, "p1", 25),
+    (NOW - DAY, "c2", "AnyDeskSoft Ltd", True, "x1", 26),  # a longer term: no match
+    (NOW - DAY, "c2", "AnyDesk Softwares GmbH", True, "x2", 27),
+    (NOW - DAY, "c3", None, False, "u1", 28),  # unsigned
+    (NOW - 6 * DAY, "c3", "AnyDesk Software GmbH", True, "a9", 29),  # out of the window
+]
+
+
+def _network_row(event: tuple[dt.datetime, str, str, str | None, int | None, int]) -> dict[str, Any]:
+    moment, device, url, company, port, report = event
+    return {
+        "Timestamp": format_datetime(_ticks(moment)),
+        "DeviceId": device,
+        "DeviceName": f"{device}.corp.example",
+        "ActionType": "ConnectionSuccess",
+        "RemoteUrl": url,
+        "RemotePort": port,
+        "InitiatingProcessVersionInfoCompanyName": company,
+        "ReportId": report,
+    }
+
+
+def _certificate_row(event: tuple[dt.datetime, str, str | None, bool | None, str, int]) -> dict[str, Any]:
+    moment, device, signer, trusted, sha1, report = event
+    return {
+        "Timestamp": format_datetime(_ticks(moment)),
+        "DeviceId": device,
+        "DeviceName": f"{device}.corp.example",
+        "Signer": signer,
+        "IsSigned": signer is not None,
+        "IsTrusted": trusted,
+        "SHA1": sha1,
+        "ReportId": report,
+    }
+
+
+def three_table_rmmwatch_rows(now: dt.datetime) -> dict[str, list[dict[str, Any]]]:
+    """Every table's rule loaded in one detector, fed bare rows of the three tables (each told by its own
+    columns) mixed in one stream, a duplicate delivery included."""
+    rules = {
+        "process": parse_rule(SEED_RULE_YAML, "seed"),
+        "network": parse_rule(_rule_yaml("net", NETWORK_QUERY), "net"),
+        "certificate": parse_rule(_rule_yaml("cert", CERTIFICATE_QUERY), "cert"),
+    }
+    messages = [_message(*event) for event in SEED_EVENTS]
+    messages += [orjson.dumps(_network_row(event)) for event in NETWORK_EVENTS]
+    messages += [orjson.dumps(_certificate_row(event)) for event in CERTIFICATE_EVENTS]
+    # At-least-once delivery: a network and a certificate record delivered twice must count once.
+    messages += [orjson.dumps(_network_row(NETWORK_EVENTS[2])), orjson.dumps(_certificate_row(CERTIFICATE_EVENTS[1]))]
+    result = Detector(list(rules.values())).process(messages)
+    assert result.problems == []
+    assert result.other_tables == 0
+    return {table: rule_rows(r, [m for m in result.matches if m.rule is r], _ticks(now)) for table, r in rules.items()}
+
+
+def _rule_yaml(rule_id: str, query: str) -> str:
+    return f"id: {rule_id}\nname: {rule_id}\nquery: |\n" + "".join(f"  {line}\n" for line in query.splitlines())
+
+
+def _render(value: Any) -> Any:
+    return format_datetime(_ticks(value)) if isinstance(value, dt.datetime) else value
+
+
+def duckdb_table_rows(con: DuckDBPyConnection, table: str, now: dt.datetime) -> list[dict[str, Any]]:
+    """The network or certificate query's rows from duckdb-kql at a pinned now(), rendered as rmmwatch does."""
+    if table == "network":
+        con.execute(
+            "CREATE TABLE DeviceNetworkEvents (Timestamp TIMESTAMP, DeviceId VARCHAR, DeviceName VARCHAR,"
+            " RemoteUrl VARCHAR, InitiatingProcessVersionInfoCompanyName VARCHAR, RemotePort BIGINT, ReportId BIGINT)"
+        )
+        con.executemany(
+            "INSERT INTO DeviceNetworkEvents VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(t, d, f"{d}.corp.example", u, c or "", p, r) for t, d, u, c, p, r in NETWORK_EVENTS],
+        )
+        query, sets, order = NETWORK_QUERY, ("Report", "Ports"), ("DeviceId", "DeviceName", "RemoteUrl")
+    else:
+        con.execute(
+            "CREATE TABLE DeviceFileCertificateInfo (Timestamp TIMESTAMP, DeviceId VARCHAR, DeviceName VARCHAR,"
+            " Signer VARCHAR, IsTrusted BOOLEAN, SHA1 VARCHAR, ReportId BIGINT)"
+        )
+        con.executemany(
+            "INSERT INTO DeviceFileCertificateInfo VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(t, d, f"{d}.corp.example", s or "", tr, h, r) for t, d, s, tr, h, r in CERTIFICATE_EVENTS],
+        )
+        query, sets, order = CERTIFICATE_QUERY, ("Report",), ("DeviceId", "DeviceName", "Signer")
+    relation = duckdb_kql.kql(con, query, query_now=now)
+    rows = []
+    for values in relation.fetchall():
+        out = {name: _render(value) for name, value in zip(relation.columns, values, strict=True)}
+        for name in sets:
+            out[name] = sorted(json.loads(out[name]))
+        rows.append(out)
+    return sorted(rows, key=lambda r: tuple(r[c] for c in order))
+
+
+@pytest.mark.parametrize("table", ["network", "certificate"])
+@pytest.mark.parametrize(
+    "now",
+    [
+        pytest.param(NOW, id="now"),
+        pytest.param(NOW + MICRO, id="now+1us"),
+        pytest.param(NOW - 2 * DAY, id="two days earlier"),
+        pytest.param(NOW + 4 * DAY, id="four days later"),
+    ],
+)
+def test_network_and_certificate_rules_agree_with_duckdb_kql(
+    con: DuckDBPyConnection, table: str, now: dt.datetime
+) -> None:
+    """A DeviceNetworkEvents rule (has_any of domains and a company, make_set and max of a nullable long) and a
+    DeviceFileCertificateInfo rule (countif over a nullable bool, dcount), loaded with the process rule and fed
+    bare rows of the three tables, give duckdb-kql's rows at the same now()."""
+    expected = duckdb_table_rows(con, table, now)
+    assert three_table_rmmwatch_rows(now)[table] == expected
+
+
+def test_the_three_tables_rows_at_now_are_the_expected_ones(con: DuckDBPyConnection) -> None:
+    """At the pinned now, the readable anchor: which groups each table's rule returns."""
+    rows = three_table_rmmwatch_rows(NOW)
+    assert [(r["DeviceId"], r["RemoteUrl"], r["Report"], r["Ports"]) for r in rows["network"]] == [
+        ("n1", "relay-7.net.anydesk.com", [1, 3, 4], [443, 6568]),
+        ("n2", "anydesk.com.login-check.example", [6], [443]),
+        ("n3", "api.playanext.com", [9], [443]),
+    ]
+    assert [(r["DeviceId"], r["Signer"], r["Count"], r["Untrusted"], r["Files"]) for r in rows["certificate"]] == [
+        ("c1", "ANYDESK SOFTWARE GMBH", 1, 0, 1),
+        ("c1", "AnyDesk Software GmbH", 3, 1, 2),
+        ("c2", "philandro Software GmbH", 1, 1, 1),
+    ]
+    assert rows["network"] == duckdb_table_rows(con, "network", NOW)
+    assert [r["DeviceId"] for r in rows["process"]] == ["d1", "d2", "d2", "d3"]

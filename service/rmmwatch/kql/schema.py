@@ -134,6 +134,9 @@ DEVICE_NETWORK_EVENTS: dict[str, KqlType] = {
     "InitiatingProcessRemoteSessionDeviceName": "string",
     "InitiatingProcessRemoteSessionIP": "string",
     "InitiatingProcessUniqueId": "string",
+    # Listed last by the reference since 2026 ("located inside AdditionalFields" says its text,
+    # yet it is a column of its own, spelled LogonID unlike DeviceProcessEvents' LogonId).
+    "LogonID": "long",
     "MachineGroup": "string",
 }
 
@@ -170,25 +173,85 @@ TABLES: dict[str, tuple[str, dict[str, KqlType]]] = {
 #: unique only together with the device and the Timestamp.
 IDENTITY_COLUMNS: tuple[str, ...] = ("DeviceId", "DeviceName", "Timestamp", "ReportId")
 
-#: Fields of the triggering event carried in every alert.
-TRIGGER_COLUMNS: tuple[str, ...] = (
-    "Timestamp",
-    "DeviceId",
-    "DeviceName",
-    "ReportId",
-    "ActionType",
-    "FileName",
-    "FolderPath",
-    "SHA1",
-    "ProcessVersionInfoCompanyName",
-    "ProcessVersionInfoProductName",
-    "ProcessVersionInfoOriginalFileName",
-    "ProcessCommandLine",
-    "ProcessId",
-    "AccountDomain",
-    "AccountName",
-    "AccountUpn",
-    "InitiatingProcessFileName",
-    "InitiatingProcessCommandLine",
-    "InitiatingProcessParentFileName",
-)
+#: Fields of the triggering event carried in every alert, per table: what an analyst reads
+#: first (the device, the time, and what the event was: the process launched, the connection
+#: made, the file's signature), as Defender sent them.
+TRIGGER_COLUMNS: dict[str, tuple[str, ...]] = {
+    "DeviceProcessEvents": (
+        "Timestamp",
+        "DeviceId",
+        "DeviceName",
+        "ReportId",
+        "ActionType",
+        "FileName",
+        "FolderPath",
+        "SHA1",
+        "ProcessVersionInfoCompanyName",
+        "ProcessVersionInfoProductName",
+        "ProcessVersionInfoOriginalFileName",
+        "ProcessCommandLine",
+        "ProcessId",
+        "AccountDomain",
+        "AccountName",
+        "AccountUpn",
+        "InitiatingProcessFileName",
+        "InitiatingProcessCommandLine",
+        "InitiatingProcessParentFileName",
+    ),
+    "DeviceNetworkEvents": (
+        "Timestamp",
+        "DeviceId",
+        "DeviceName",
+        "ReportId",
+        "ActionType",
+        "RemoteUrl",
+        "RemoteIP",
+        "RemotePort",
+        "LocalIP",
+        "LocalPort",
+        "Protocol",
+        "InitiatingProcessFileName",
+        "InitiatingProcessFolderPath",
+        "InitiatingProcessSHA1",
+        "InitiatingProcessVersionInfoCompanyName",
+        "InitiatingProcessVersionInfoProductName",
+        "InitiatingProcessCommandLine",
+        "InitiatingProcessAccountDomain",
+        "InitiatingProcessAccountName",
+        "InitiatingProcessAccountUpn",
+        "InitiatingProcessParentFileName",
+    ),
+    "DeviceFileCertificateInfo": (
+        "Timestamp",
+        "DeviceId",
+        "DeviceName",
+        "ReportId",
+        "SHA1",
+        "IsSigned",
+        "SignatureType",
+        "Signer",
+        "SignerHash",
+        "Issuer",
+        "IssuerHash",
+        "CertificateSerialNumber",
+        "IsTrusted",
+        "IsRootSignerMicrosoft",
+        "CertificateCreationTime",
+        "CertificateExpirationTime",
+    ),
+}
+
+
+def distinctive_columns() -> dict[str, str]:
+    """Columns that belong to exactly one table, each with that table's name.
+
+    A bare Advanced Hunting row (no ``category``) says its table only through its columns: a row
+    carrying ``RemoteUrl`` is a network event, one carrying ``Signer`` a certificate record
+    (docs/semantics.md §2). Computed over every table rmmwatch knows, never over the tables of
+    the rules loaded: a column shared by two tables identifies neither.
+    """
+    owners: dict[str, set[str]] = {}
+    for table, (_category, columns) in TABLES.items():
+        for column in columns:
+            owners.setdefault(column, set()).add(table)
+    return {column: next(iter(tables)) for column, tables in owners.items() if len(tables) == 1}
