@@ -26,7 +26,7 @@ from rmmwatch.rules import load_rules
 from rmmwatch.stores import open_store
 from tests.helpers import DAY, MINUTE, T0, WINDOW, row, service_env
 
-RULE = load_rules()[0]  # the bundled rule: the seed query plus its exclusions
+RULE = load_rules(["bundled:netsupport"])[0]  # the bundled rule: the seed query plus its exclusions
 
 COMPANIES = ["NetSupport Ltd", "NETSUPPORT LTD.", "netsupport_ltd", "NetSupportLtd", "Microsoft Corporation"]
 COMMANDS = ['"client32.exe" ', "client32.exe /report", "client32.exe /I"]
