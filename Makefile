@@ -9,6 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt | sha1sum | cut -c1-12)
 SERVICES := scripts/services/all.sh
 PYTEST_ARGS ?=
+RUN_ARGS ?=
 
 .PHONY: help install run test test-unit lint lint-python lint-deploy format bench bench-core bench-kafka bench-redis bench-eventhub services-start services-stop clean lock bench-compare
 
@@ -26,7 +27,7 @@ install: $(STAMP)  ## create .venv with the pinned dependencies
 
 run: $(STAMP)  ## the detector on the built-in synthetic stream: SQLite state in ./data, alerts on stdout, metrics on :9464
 	$(BIN)/rmmwatch run --source synthetic --store sqlite --data-dir ./data --sink stdout \
-	  --metrics-port $${RMMWATCH_METRICS_PORT:-9464} --log-format console
+	  --metrics-port $${RMMWATCH_METRICS_PORT:-9464} --log-format console $(RUN_ARGS)
 
 lint: lint-python lint-deploy  ## everything below
 

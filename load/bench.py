@@ -341,7 +341,8 @@ def _wait_consumed(process: subprocess.Popen[bytes], port: int, total: int, log:
 
 
 def _state_rows(store: list[str], env: dict[str, str], now: str) -> list[dict[str, Any]]:
-    done = subprocess.run([sys.executable, "-m", "rmmwatch.cli", "state", *store, "--now", now, "--format", "json"],
+    done = subprocess.run([sys.executable, "-m", "rmmwatch.cli", "state", "--rule", "bundled:netsupport", *store,
+                           "--now", now, "--format", "json"],
                           cwd=ROOT, env=env, capture_output=True, timeout=120, check=False)  # fmt: skip
     if done.returncode:
         raise Failed(f"rmmwatch state failed: {done.stderr.decode(errors='replace')[-300:]}")
@@ -485,8 +486,9 @@ def run_profile(pyspy: Path, bootstrap: str, topic: Topic, workdir: Path, gil: b
     log = workdir / f"profile-{run}.log"
     command = [str(pyspy), "record", "--format", "raw", "--rate", "250", "--nonblocking", *(["--gil"] if gil else []),
                "--output", str(raw), "--",
-               sys.executable, "-m", "rmmwatch.cli", "run", "--source", "kafka", "--kafka-bootstrap-servers",
-               bootstrap, "--kafka-topics", topic.name, "--kafka-group-id", f"rmm-prof-{run}", "--data-dir",
+               sys.executable, "-m", "rmmwatch.cli", "run", "--rule", "bundled:netsupport", "--source", "kafka",
+               "--kafka-bootstrap-servers", bootstrap, "--kafka-topics", topic.name, "--kafka-group-id",
+               f"rmm-prof-{run}", "--data-dir",
                str(workdir / f"prof-{run}"), "--store", "sqlite", "--sink", f"jsonl:{workdir / f'prof-{run}.jsonl'}",
                "--metrics-port", str(port), "--metrics-host", "127.0.0.1", "--log-level", "warning"]  # fmt: skip
     with open(log, "wb") as out:

@@ -88,8 +88,9 @@ def _rmmwatch_eventhub(endpoint: EventHubEndpoint, azurite: str, total: int, wor
     run = uuid.uuid4().hex[:6]
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "rmmwatch.cli", "run", "--source", "eventhub", "--eventhub-checkpoint-container",
-         f"bench-{run}", "--data-dir", str(workdir / run), "--sink", f"jsonl:{workdir / 'alerts.jsonl'}",
+        [sys.executable, "-m", "rmmwatch.cli", "run", "--rule", "bundled:netsupport", "--source", "eventhub",
+         "--eventhub-checkpoint-container", f"bench-{run}", "--data-dir", str(workdir / run),
+         "--sink", f"jsonl:{workdir / 'alerts.jsonl'}",
          "--batch-max-messages", str(BATCH), "--metrics-port", str(port), "--metrics-host", "127.0.0.1",
          "--log-level", "warning"],
         stdout=subprocess.DEVNULL, stderr=open(workdir / f"eventhub-{run}.log", "wb"),  # noqa: SIM115

@@ -127,6 +127,8 @@ def _free_port() -> int:
 
 def _start_detector(bootstrap: str, topic: str, workdir: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
+    if "--rule" not in extra:
+        extra = ["--rule", "bundled:netsupport", *extra]  # the rule the figures (and expected answers) are for
     process = subprocess.Popen(
         [sys.executable, "-m", "rmmwatch.cli", "run", "--source", "kafka", "--kafka-bootstrap-servers", bootstrap,
          "--kafka-topics", topic, "--kafka-group-id", f"rmm-{topic}", "--data-dir", str(workdir / topic),

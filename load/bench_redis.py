@@ -53,7 +53,7 @@ TRIGGER = {
 def _matches(count: int, devices: int, now: int, seed: int) -> list[Match]:
     import random
 
-    rule = load_rules()[0]
+    rule = load_rules(["bundled:netsupport"])[0]
     rnd = random.Random(seed)
     out = []
     for i in range(count):
@@ -78,7 +78,7 @@ def _matches(count: int, devices: int, now: int, seed: int) -> list[Match]:
 
 
 async def _apply_all(url: str, prefix: str, matches: list[Match], batch: int, now: int) -> float:
-    store = RedisStore(load_rules(), url, prefix=prefix)
+    store = RedisStore(load_rules(["bundled:netsupport"]), url, prefix=prefix)
     await store.open()
     try:
         started = time.perf_counter()

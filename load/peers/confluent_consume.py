@@ -5,8 +5,9 @@
 
 ``--mode detect``: the prototype of a librdkafka backend for rmmwatch (not part of the product): the same
 loop, each batch's values through rmmwatch's decode+match (``rmmwatch.events.Detector`` over the bundled
-rule, ``rmmwatch.rules.load_rules()``), no store, no commits, no alerts; it reports the matches and the
-distinct devices, so the bench can check it computed the right thing. Needs ``service/`` on PYTHONPATH.
+NetSupport rule, ``rmmwatch.rules.load_rules(["bundled:netsupport"])``), no store, no commits, no alerts; it
+reports the matches and the distinct devices, so the bench can check it computed the right thing. Needs
+``service/`` on PYTHONPATH.
 
 Both use a fresh group, ``auto.offset.reset=earliest``, no auto-commit, 4 MB per-partition fetches
 (rmmwatch's aiokafka setting), and a 20 ms fetch back-off (instead of 1 s) when the prefetch queue is
@@ -39,7 +40,7 @@ def main() -> None:
         from rmmwatch.model import BatchResult
         from rmmwatch.rules import load_rules
 
-        detector = Detector(load_rules())
+        detector = Detector(load_rules(["bundled:netsupport"]))
     consumer = Consumer({
         "bootstrap.servers": args.bootstrap,
         "group.id": f"peer-confluent-{uuid.uuid4().hex[:8]}",

@@ -54,10 +54,12 @@ def test_hunt_prints_the_kql_answer_as_json() -> None:
 
 def test_hunt_with_the_bundled_rule_applies_exclusions() -> None:
     """The bundled rule excludes the '/report' launch and says so on stderr; --no-exclusions does not."""
-    kept = rmmwatch("hunt", "--now", NOW, "--format", "json", *SAMPLES)
+    kept = rmmwatch("hunt", "--rule", "bundled:netsupport", "--now", NOW, "--format", "json", *SAMPLES)
     assert [r["Report"] for r in orjson.loads(kept.stdout)] == [[30779]]
     assert b"System monitoring and reporting: 3" in kept.stderr
-    bare = rmmwatch("hunt", "--now", NOW, "--format", "json", "--no-exclusions", *SAMPLES)
+    bare = rmmwatch(
+        "hunt", "--rule", "bundled:netsupport", "--now", NOW, "--format", "json", "--no-exclusions", *SAMPLES
+    )
     assert [r["Report"] for r in orjson.loads(bare.stdout)] == [[30779, 30811]]
 
 
@@ -222,6 +224,8 @@ def test_run_replays_a_file_and_state_equals_hunt(tmp_path: Path) -> None:
     alerts = tmp_path / "alerts.jsonl"
     ran = rmmwatch(
         "run",
+        "--rule",
+        "bundled:netsupport",
         "--source",
         f"file:{data}",
         "--data-dir",
@@ -235,8 +239,9 @@ def test_run_replays_a_file_and_state_equals_hunt(tmp_path: Path) -> None:
     )
     assert ran.returncode == 0, ran.stderr[-2000:]
     at = format_datetime(time.time_ns() // 100)
-    state = rmmwatch("state", "--data-dir", str(tmp_path / "state"), "--now", at, "--format", "json")
-    hunted = rmmwatch("hunt", "--now", at, "--format", "json", str(data))
+    netsupport = ("--rule", "bundled:netsupport")
+    state = rmmwatch("state", *netsupport, "--data-dir", str(tmp_path / "state"), "--now", at, "--format", "json")
+    hunted = rmmwatch("hunt", *netsupport, "--now", at, "--format", "json", str(data))
     assert state.returncode == hunted.returncode == 0
     expected = orjson.loads(hunted.stdout)
     assert expected, "the generated stream has NetSupport episodes"

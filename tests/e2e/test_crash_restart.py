@@ -62,6 +62,8 @@ def test_kill_nine_and_restart_loses_nothing_and_counts_nothing_twice(tmp_path: 
     command = [
         *RMMWATCH,
         "run",
+        "--rule",
+        "bundled:netsupport",
         "--source",
         f"file:{data}",
         "--data-dir",
@@ -113,8 +115,9 @@ def test_kill_nine_and_restart_loses_nothing_and_counts_nothing_twice(tmp_path: 
     assert len(set(offsets)) > 3, "kills landed at different points of the replay"
 
     at = format_datetime(time.time_ns() // 100)
-    expected = orjson.loads(_run("hunt", "--now", at, "--format", "json", str(data)).stdout)
-    actual = orjson.loads(_run("state", "--data-dir", str(state), "--now", at, "--format", "json").stdout)
+    netsupport = ("--rule", "bundled:netsupport")
+    expected = orjson.loads(_run("hunt", *netsupport, "--now", at, "--format", "json", str(data)).stdout)
+    actual = orjson.loads(_run("state", *netsupport, "--data-dir", str(state), "--now", at, "--format", "json").stdout)
     assert expected, "the stream has NetSupport episodes"
     assert actual == expected
 
@@ -126,5 +129,5 @@ def test_kill_nine_and_restart_loses_nothing_and_counts_nothing_twice(tmp_path: 
     for d in news:
         ids_per_group.setdefault((d["group"]["DeviceId"], d["group"]["DeviceName"]), set()).add(d["alert_id"])
     assert all(len(ids) == 1 for ids in ids_per_group.values()), "one alert_id per episode"
-    pending = _run("state", "--data-dir", str(state), "--now", at, "--pending")
+    pending = _run("state", *netsupport, "--data-dir", str(state), "--now", at, "--pending")
     assert b"0 alert(s) waiting for delivery" in pending.stderr

@@ -25,8 +25,9 @@ def generate_stream(path: Path, count: int, seed: int, **ratios: float) -> list[
 
 def hunt_and_state(stream: Path, data_dir: Path) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     at = format_datetime(time.time_ns() // 100)
-    hunted = rmmwatch("hunt", "--now", at, "--format", "json", "--quiet", str(stream))
-    state = rmmwatch("state", "--data-dir", str(data_dir), "--now", at, "--format", "json")
+    netsupport = ("--rule", "bundled:netsupport")  # the streams' known episodes are NetSupport's
+    hunted = rmmwatch("hunt", *netsupport, "--now", at, "--format", "json", "--quiet", str(stream))
+    state = rmmwatch("state", *netsupport, "--data-dir", str(data_dir), "--now", at, "--format", "json")
     assert hunted.returncode == 0, hunted.stderr
     assert state.returncode == 0, state.stderr
     return orjson.loads(hunted.stdout), orjson.loads(state.stdout)

@@ -52,7 +52,8 @@ def _env(endpoint: EventHubEndpoint, azurite: str) -> dict[str, str]:
 
 
 def _args(container: str, data_dir: Path, *extra: str, interval: str = "1", expiry: str = "4") -> list[str]:
-    return ["--source", "eventhub", "--eventhub-checkpoint-container", container, "--data-dir", str(data_dir),
+    return ["--rule", "bundled:netsupport", "--source", "eventhub", "--eventhub-checkpoint-container", container,
+            "--data-dir", str(data_dir),
             "--tick-interval", "0.2", "--eventhub-load-balancing-interval", interval,
             "--eventhub-ownership-expiry", expiry, *extra]  # fmt: skip
 

@@ -34,8 +34,8 @@ pytestmark = pytest.mark.parametrize("kafka_client", ["confluent", "aiokafka"])
 
 
 def _detector_args(client: str, bootstrap: str, topic: str, data_dir: Path, *extra: str) -> list[str]:
-    return ["--source", "kafka", "--kafka-client", client, "--kafka-bootstrap-servers", bootstrap,
-            "--kafka-topics", topic,
+    return ["--rule", "bundled:netsupport", "--source", "kafka", "--kafka-client", client,
+            "--kafka-bootstrap-servers", bootstrap, "--kafka-topics", topic,
             "--kafka-group-id", f"g-{topic}", "--data-dir", str(data_dir), "--tick-interval", "0.2",
             "--kafka-session-timeout-ms", "6000", *extra]  # fmt: skip
 
@@ -242,8 +242,9 @@ def test_eventhubs_preset_over_sasl_ssl(
     asyncio.run(produce(kafka_bootstrap, topic_name, messages, 2))
     data = tmp_path / "state"
     detector = detectors(
-        "--source", "kafka", "--kafka-client", kafka_client, "--kafka-bootstrap-servers", sasl,
-        "--kafka-topics", topic_name, "--kafka-ssl-ca-file", ca, "--data-dir", str(data),
+        "--rule", "bundled:netsupport", "--source", "kafka", "--kafka-client", kafka_client,
+        "--kafka-bootstrap-servers", sasl, "--kafka-topics", topic_name, "--kafka-ssl-ca-file", ca,
+        "--data-dir", str(data),
         "--sink", f"jsonl:{tmp_path / 'a.jsonl'}",
         env={"RMMWATCH_EVENTHUBS_CONNECTION_STRING": connection},
     )  # fmt: skip

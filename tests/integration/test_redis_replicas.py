@@ -117,6 +117,8 @@ def _stream(tmp_path: Path, count: int, seed: int) -> tuple[Path, list[bytes]]:
 
 def _replica_args(bootstrap: str, topic: str, redis: Redis, prefix: str, alerts: Path) -> list[str]:
     return [
+        "--rule",
+        "bundled:netsupport",
         "--source",
         "kafka",
         "--kafka-bootstrap-servers",
@@ -160,9 +162,9 @@ def _undelivered(redis: Redis, prefix: str) -> int:
 def _compare(stream: Path, redis: Redis, prefix: str, alert_files: list[Path]) -> list[dict[str, object]]:
     """State equals hunt; returns the 'new' alerts of every replica."""
     at = format_datetime(time.time_ns() // 100)
-    hunted = rmmwatch("hunt", "--now", at, "--format", "json", "--quiet", str(stream))
+    hunted = rmmwatch("hunt", "--rule", "bundled:netsupport", "--now", at, "--format", "json", "--quiet", str(stream))
     state = subprocess.run(
-        [*RMMWATCH, "state", "--store", redis.url, "--now", at, "--format", "json"],
+        [*RMMWATCH, "state", "--rule", "bundled:netsupport", "--store", redis.url, "--now", at, "--format", "json"],
         capture_output=True,
         timeout=120,
         check=False,

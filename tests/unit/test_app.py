@@ -205,7 +205,7 @@ async def test_exclusions_are_metered_per_name() -> None:
     """An excluded event raises no alert and increments its exclusion's counter."""
     from rmmwatch.rules import load_rules
 
-    bundled = load_rules()
+    bundled = load_rules(["bundled:netsupport"])
     metrics = Metrics()
     source = ListSource([[envelope(row(device="b", command="client32.exe /report"))]])
     sink = RecordingSink()
