@@ -597,6 +597,18 @@ class Generator:
     def _hex(self, bits: int) -> str:
         return f"{self.random.getrandbits(bits):0{bits // 4}x}"
 
+    def _pooled(self, pool: list[dict[str, Any]], device: dict[str, str], ticks: int) -> dict[str, Any]:
+        """A copy of one of ``pool``'s base rows, on ``device`` at ``ticks``, with the next ReportId.
+
+        What every table's record shares; the table's own builder personalises the rest."""
+        row = dict(self.random.choice(pool))
+        self._report_id += 1
+        row["Timestamp"] = format_datetime(ticks)
+        row["DeviceId"] = device["DeviceId"]
+        row["DeviceName"] = device["DeviceName"]
+        row["ReportId"] = self._report_id
+        return row
+
     def _base_row(self, entry: tuple[Any, ...]) -> dict[str, Any]:
         """A process launch without its device, user and times (the pool's unit)."""
         rnd = self.random
@@ -657,19 +669,14 @@ class Generator:
     def _row(self, device: dict[str, str], ticks: int) -> dict[str, Any]:
         """A process launch on ``device`` at ``ticks``: a pooled base row, personalised."""
         rnd = self.random
-        row = dict(rnd.choice(self._pool))
+        row = self._pooled(self._pool, device, ticks)
         user = device["user"]
-        self._report_id += 1
-        row["Timestamp"] = format_datetime(ticks)
-        row["DeviceId"] = device["DeviceId"]
-        row["DeviceName"] = device["DeviceName"]
         row["ProcessId"] = rnd.randrange(4, 65_000, 4)
         row["ProcessCreationTime"] = format_datetime(ticks - rnd.randrange(TICKS_PER_SECOND))
         row["AccountName"] = user
         row["InitiatingProcessAccountName"] = user
         row["AccountSid"] = device["sid"]
         row["AccountUpn"] = f"{user}@corp.example"
-        row["ReportId"] = self._report_id
         if "{user}" in row["FolderPath"] or "{user}" in row["ProcessCommandLine"]:
             row["FolderPath"] = row["FolderPath"].replace("{user}", user)
             row["ProcessCommandLine"] = row["ProcessCommandLine"].replace("{user}", user)
@@ -796,18 +803,13 @@ class Generator:
     def _connection(self, device: dict[str, str], ticks: int) -> dict[str, Any]:
         """A connection from ``device`` at ``ticks``: a pooled base row, personalised."""
         rnd = self.random
-        row = dict(rnd.choice(self._network_pool))
+        row = self._pooled(self._network_pool, device, ticks)
         user = device["user"]
-        self._report_id += 1
-        row["Timestamp"] = format_datetime(ticks)
-        row["DeviceId"] = device["DeviceId"]
-        row["DeviceName"] = device["DeviceName"]
         row["LocalIP"] = f"10.20.{int(device['sid'].rsplit('-', 1)[1]) % 250}.{rnd.randrange(2, 250)}"
         row["InitiatingProcessCreationTime"] = format_datetime(ticks - rnd.randrange(3600 * TICKS_PER_SECOND))
         row["InitiatingProcessAccountName"] = user
         row["InitiatingProcessAccountSid"] = device["sid"]
         row["InitiatingProcessAccountUpn"] = f"{user}@corp.example"
-        row["ReportId"] = self._report_id
         if "{user}" in row["InitiatingProcessFolderPath"]:
             row["InitiatingProcessFolderPath"] = row["InitiatingProcessFolderPath"].replace("{user}", user)
         return row
@@ -884,14 +886,8 @@ class Generator:
         }
 
     def _signature(self, device: dict[str, str], ticks: int) -> dict[str, Any]:
-        """A signature seen on ``device`` at ``ticks``: a pooled base row, personalised."""
-        row = dict(self.random.choice(self._certificate_pool))
-        self._report_id += 1
-        row["Timestamp"] = format_datetime(ticks)
-        row["DeviceId"] = device["DeviceId"]
-        row["DeviceName"] = device["DeviceName"]
-        row["ReportId"] = self._report_id
-        return row
+        """A signature seen on ``device`` at ``ticks``: a pooled base row, on its device."""
+        return self._pooled(self._certificate_pool, device, ticks)
 
     def _rmm_signature(self, row: dict[str, Any], tool: RmmTool, story: str) -> None:
         """Turn a signature into one of ``tool``'s certificate stories (RMM_STORIES["certificate"])."""
