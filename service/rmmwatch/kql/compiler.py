@@ -17,6 +17,7 @@ built in :mod:`rmmwatch.kql.conditions` from the operator table in :mod:`rmmwatc
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from rmmwatch.kql import conditions, syntax
@@ -545,23 +546,19 @@ def _pipeline(
     return stages, list(unused.values())
 
 
+@dataclass(slots=True)
 class _Summarized:
     """What ``summarize`` compiled to, and the names of the summarized rows' columns so far."""
 
-    def __init__(
-        self,
-        group_by: tuple[str, ...],
-        group_by_types: tuple[KqlType, ...],
-        aggregates: tuple[AggregateSpec, ...],
-        constants: dict[str, Any],
-        condition_columns: frozenset[str],
-    ) -> None:
-        self.group_by = group_by
-        self.group_by_types = group_by_types
-        self.aggregates = aggregates
-        self.constants = constants
-        self.condition_columns = condition_columns
-        self.names = [*group_by, *(a.name for a in aggregates)]
+    group_by: tuple[str, ...]
+    group_by_types: tuple[KqlType, ...]
+    aggregates: tuple[AggregateSpec, ...]
+    constants: dict[str, Any]
+    condition_columns: frozenset[str]
+    names: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.names = [*self.group_by, *(a.name for a in self.aggregates)]
 
 
 def _summarize(
