@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from rmmwatch.accounting import Accounting
@@ -73,6 +73,7 @@ class Decoded:
     started: float
 
 
+@dataclass(eq=False, kw_only=True)
 class CommitStage:
     """Steps 3 to 5 for the batches the loop decoded: apply, deliver, commit, strictly in order.
 
@@ -84,27 +85,20 @@ class CommitStage:
     never the raw messages.
     """
 
-    def __init__(
-        self,
-        *,
-        source: Source,
-        store: Store,
-        delivery: Delivery,
-        accounting: Accounting,
-        metrics: Metrics,
-        clock: Clock,
-        shutdown: Shutdown,
-        store_health: Callable[[bool], None],
-    ) -> None:
-        self.store = store
-        self.delivery = delivery
-        self.accounting = accounting
-        self.metrics = metrics
-        self.clock = clock
-        self.shutdown = shutdown
-        self.store_health = store_health
-        self.gate = CommitGate(source, metrics)
-        self.queue: asyncio.Queue[Decoded | None] = asyncio.Queue(maxsize=2)
+    source: InitVar[Source]  # kept by the gate alone: only the gate commits to it
+    store: Store
+    delivery: Delivery
+    accounting: Accounting
+    metrics: Metrics
+    clock: Clock
+    shutdown: Shutdown
+    store_health: Callable[[bool], None]
+    gate: CommitGate = field(init=False)
+    queue: asyncio.Queue[Decoded | None] = field(init=False)
+
+    def __post_init__(self, source: Source) -> None:
+        self.gate = CommitGate(source, self.metrics)
+        self.queue = asyncio.Queue(maxsize=2)
 
     async def hand_over(self, item: Decoded | None, stage: asyncio.Task[None]) -> bool:
         """Queue ``item`` (None: no more); False if the stage (``stage``, running :meth:`run`) ended first."""

@@ -19,6 +19,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from dataclasses import dataclass, field
 
 from rmmwatch.alerts import Alert
 from rmmwatch.kql.datetimes import TICKS_PER_SECOND
@@ -35,36 +36,29 @@ log = get_logger("rmmwatch.delivery")
 OUTBOX_PAGE = 500
 
 
+@dataclass(eq=False, kw_only=True)
 class Delivery:
     """Owns the outbox's way out: which alerts wait, when to try again, and what was delivered."""
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        sinks: Sequence[AlertSink],
-        dead_letters: DeadLetterSink,
-        metrics: Metrics,
-        clock: Clock,
-        on_store_error: Callable[[], None],
-        count_up_to: int = OUTBOX_PAGE,
-    ) -> None:
-        """``count_up_to``: how far to count waiting alerts when a sink fails (the backpressure limit)."""
-        self.store = store
-        self.sinks = list(sinks)
-        self.dead_letters = dead_letters
-        self.metrics = metrics
-        self.clock = clock
-        self.on_store_error = on_store_error
-        self.count_up_to = count_up_to
-        self.backoff = Backoff()
-        #: Held while alerts go out and while the position they cover is committed.
-        self.lock = asyncio.Lock()
-        #: Alerts found waiting in the outbox at the last look.
-        self.pending = 0
-        self.delivered = 0
-        self._next_attempt = 0.0
-        self._dirty = True  # at start, alerts of a previous run may wait in the outbox
+    store: Store
+    sinks: Sequence[AlertSink]
+    dead_letters: DeadLetterSink
+    metrics: Metrics
+    clock: Clock
+    on_store_error: Callable[[], None]
+    #: How far to count waiting alerts when a sink fails (the backpressure limit).
+    count_up_to: int = OUTBOX_PAGE
+    backoff: Backoff = field(init=False, default_factory=Backoff)
+    #: Held while alerts go out and while the position they cover is committed.
+    lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
+    #: Alerts found waiting in the outbox at the last look.
+    pending: int = field(init=False, default=0)
+    delivered: int = field(init=False, default=0)
+    _next_attempt: float = field(init=False, default=0.0)
+    _dirty: bool = field(init=False, default=True)  # at start, alerts of a previous run may wait in the outbox
+
+    def __post_init__(self) -> None:
+        self.sinks = list(self.sinks)  # the caller's sequence, copied: the sinks are fixed for the run
 
     def outbox_changed(self) -> None:
         """Something may have been written to the outbox (an apply, a tick, another replica)."""

@@ -409,15 +409,15 @@ def _convert_missing(
     row: Mapping[str, Any], columns: Columns, event: dict[str, Any], failed: dict[str, Failure] | None
 ) -> dict[str, Failure] | None:
     """:func:`_convert` for the columns not converted (nor failed) yet; the failures so far."""
-    for name, convert in columns:
-        if name in event or (failed is not None and name in failed):
-            continue
-        value = row.get(name)
-        try:
-            event[name] = convert(value)
-        except (TypeError, DatetimeError) as exc:
-            failed = {} if failed is None else failed
-            failed[name] = _failure(name, value, convert, exc)
+    missing = tuple(
+        (name, convert) for name, convert in columns if name not in event and (failed is None or name not in failed)
+    )
+    more = _convert(row, missing, event)
+    if more is None:
+        return failed
+    if failed is None:
+        return more
+    failed.update(more)
     return failed
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -20,23 +21,16 @@ log = get_logger("rmmwatch.http")
 HealthCheck = Callable[[], tuple[bool, str]]
 
 
+@dataclass(eq=False)
 class HealthServer:
     """``/metrics``, ``/healthz``, ``/readyz``; plain HTTP/1.1, one request per connection."""
 
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        live: HealthCheck,
-        ready: HealthCheck,
-        host: str = "0.0.0.0",  # noqa: S104  (a pod's metrics port listens on all interfaces)
-        port: int = 9464,
-    ) -> None:
-        self.registry = registry
-        self.live = live
-        self.ready = ready
-        self.host = host
-        self.port = port
-        self._server: asyncio.Server | None = None
+    registry: CollectorRegistry
+    live: HealthCheck
+    ready: HealthCheck
+    host: str = "0.0.0.0"  # noqa: S104  (a pod's metrics port listens on all interfaces)
+    port: int = 9464
+    _server: asyncio.Server | None = field(default=None, init=False)
 
     async def start(self) -> int:
         """Start listening; returns the bound port (useful with port 0)."""

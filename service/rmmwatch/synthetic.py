@@ -35,7 +35,9 @@ minutes, as public samples show) and carry 7 fractional digits.
 
 from __future__ import annotations
 
+import itertools
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -550,55 +552,63 @@ _DROPPERS = ("powershell.exe", "cmd.exe", "wscript.exe", "mshta.exe", "explorer.
 _DISGUISES = ("update.exe", "svchost32.exe", "msupdate.exe", "helper.exe", "winlogon64.exe")
 
 
-class Generator:
-    """Produces Event Hubs message bodies (bytes), deterministic for a seed and clock."""
+class _Rows(ABC):
+    """The records of one table: base rows made up front (its pool), each record a copy on a device.
 
-    def __init__(self, config: GeneratorConfig | None = None, clock: Clock = wall_clock) -> None:
-        self.config = config or GeneratorConfig()
-        self.clock = clock
-        self.random = random.Random(self.config.seed)
-        self.stats = GeneratorStats()
-        rnd = self.random
-        self.devices = [self._device(i) for i in range(max(1, self.config.devices))]
-        count = max(1, min(self.config.netsupport_devices, len(self.devices)))
-        self.netsupport_devices = rnd.sample(self.devices, count)
-        self.rmm_devices = rnd.sample(self.devices, max(1, min(self.config.rmm_devices, len(self.devices))))
-        self._report_id = rnd.randrange(10_000, 90_000)
-        self._recent: list[dict[str, Any]] = []
-        self._pool = [self._base_row(entry) for entry in _CATALOG for _ in range(64)]
-        self._network_pool = [self._base_connection(entry) for entry in _CONNECTIONS for _ in range(32)]
-        self._certificate_pool = [self._base_signature(entry) for entry in _SIGNATURES for _ in range(32)]
-        if self.config.compact:
-            for pool, drops in (
-                (self._pool, _COMPACT_DROPS),
-                (self._network_pool, _COMPACT_NETWORK_DROPS),
-                (self._certificate_pool, _COMPACT_CERTIFICATE_DROPS),
-            ):
-                for base in pool:
-                    for key in drops:
-                        base.pop(key, None)
+    A base row draws most of a record's random values (hashes, versions, parents), so a record
+    costs a dict copy and a few draws. The tables draw from the generator's one random sequence
+    and share one sequence of ReportIds: the stream stays deterministic for a seed.
+    """
 
-    # -- building blocks -------------------------------------------------------------------
-    def _device(self, index: int) -> dict[str, str]:
-        rnd = self.random
-        name = f"{rnd.choice(_DEPARTMENTS)}-{rnd.choice(_KINDS)}-{index:04d}.corp.example"
-        return {
-            "DeviceId": f"{rnd.getrandbits(160):040x}",
-            "DeviceName": name,
-            "user": rnd.choice(_FIRST),
-            "sid": f"S-1-5-21-1004336348-1177238915-682003330-{1000 + index}",
-        }
+    #: The catalog the pool is made of, and how many base rows each entry gives.
+    entries: tuple[tuple[Any, ...], ...] = ()
+    copies = 32
+    #: Columns a compact record leaves out.
+    compact_drops: tuple[str, ...] = ()
 
-    def _timestamp(self, now: int) -> int:
-        cfg = self.config
-        delay = self.random.uniform(cfg.min_delay_s, cfg.max_delay_s)
-        return now - int(delay * TICKS_PER_SECOND) - self.random.randrange(TICKS_PER_SECOND)
+    def __init__(self, rnd: random.Random, report_ids: Iterator[int], *, compact: bool) -> None:
+        self.random = rnd
+        self._report_ids = report_ids
+        self.pool = [self._base(entry) for entry in self.entries for _ in range(self.copies)]
+        if compact:
+            for base in self.pool:
+                for key in self.compact_drops:
+                    base.pop(key, None)
+
+    @abstractmethod
+    def _base(self, entry: tuple[Any, ...]) -> dict[str, Any]:
+        """A base row: a record of ``entry`` without its device, user and times."""
+
+    def row(self, device: dict[str, str], ticks: int) -> dict[str, Any]:
+        """A record on ``device`` at ``ticks``: a copy of a base row, with the next ReportId."""
+        row = dict(self.random.choice(self.pool))
+        row["Timestamp"] = format_datetime(ticks)
+        row["DeviceId"] = device["DeviceId"]
+        row["DeviceName"] = device["DeviceName"]
+        row["ReportId"] = next(self._report_ids)
+        return row
+
+    @abstractmethod
+    def rmm(self, row: dict[str, Any], tool: RmmTool, device: dict[str, str], story: str) -> None:
+        """Turn a record into one of ``tool``'s stories of this table (:data:`RMM_STORIES`)."""
+
+    @abstractmethod
+    def near_miss(self, row: dict[str, Any], tool: RmmTool) -> str:
+        """Put ``tool``'s key inside a longer term (or under a lookalike domain); returns the story."""
 
     def _hex(self, bits: int) -> str:
         return f"{self.random.getrandbits(bits):0{bits // 4}x}"
 
-    def _base_row(self, entry: tuple[Any, ...]) -> dict[str, Any]:
-        """A process launch without its device, user and times (the pool's unit)."""
+
+class _ProcessRows(_Rows):
+    """DeviceProcessEvents: the catalog's process launches, NetSupport's stories, RMM launches."""
+
+    entries = _CATALOG
+    copies = 64
+    compact_drops = _COMPACT_DROPS
+
+    def _base(self, entry: tuple[Any, ...]) -> dict[str, Any]:
+        """A process launch without its device, user and times."""
         rnd = self.random
         file_name, folder, company, product, description, original, parents, command = entry
         parent = rnd.choice(parents)
@@ -654,28 +664,23 @@ class Generator:
             "MachineGroup": None,
         }
 
-    def _row(self, device: dict[str, str], ticks: int) -> dict[str, Any]:
+    def row(self, device: dict[str, str], ticks: int) -> dict[str, Any]:
         """A process launch on ``device`` at ``ticks``: a pooled base row, personalised."""
         rnd = self.random
-        row = dict(rnd.choice(self._pool))
+        row = super().row(device, ticks)
         user = device["user"]
-        self._report_id += 1
-        row["Timestamp"] = format_datetime(ticks)
-        row["DeviceId"] = device["DeviceId"]
-        row["DeviceName"] = device["DeviceName"]
         row["ProcessId"] = rnd.randrange(4, 65_000, 4)
         row["ProcessCreationTime"] = format_datetime(ticks - rnd.randrange(TICKS_PER_SECOND))
         row["AccountName"] = user
         row["InitiatingProcessAccountName"] = user
         row["AccountSid"] = device["sid"]
         row["AccountUpn"] = f"{user}@corp.example"
-        row["ReportId"] = self._report_id
         if "{user}" in row["FolderPath"] or "{user}" in row["ProcessCommandLine"]:
             row["FolderPath"] = row["FolderPath"].replace("{user}", user)
             row["ProcessCommandLine"] = row["ProcessCommandLine"].replace("{user}", user)
         return row
 
-    def _netsupport(self, row: dict[str, Any], device: dict[str, str]) -> str:
+    def netsupport(self, row: dict[str, Any], device: dict[str, str]) -> str:
         """Turn a row into a NetSupport launch; returns the story's name."""
         rnd = self.random
         user = device["user"]
@@ -733,9 +738,43 @@ class Generator:
         row["FolderPath"] = f"{folder}\\{component}"
         return story
 
-    # -- network events ----------------------------------------------------------------------
-    def _base_connection(self, entry: tuple[Any, ...]) -> dict[str, Any]:
-        """A connection without its device, user and times (the network pool's unit)."""
+    def rmm(self, row: dict[str, Any], tool: RmmTool, device: dict[str, str], story: str) -> None:
+        """Turn a process launch into one of ``tool``'s process stories (RMM_STORIES["process"])."""
+        rnd = self.random
+        user = device["user"]
+        file_name = rnd.choice(tool.files)
+        if story == "abuse":
+            folder = rnd.choice((f"C:\\Users\\{user}\\Downloads", f"C:\\Users\\{user}\\AppData\\Local\\Temp",
+                                 f"C:\\ProgramData\\{rnd.choice(('Intel64', 'WinSvc', 'MSCache'))}"))  # fmt: skip
+            row["InitiatingProcessFileName"] = rnd.choice(_DROPPERS)
+            row["ProcessIntegrityLevel"] = "High"
+        else:
+            folder = tool.folder.replace("{user}", user)
+            row["InitiatingProcessFileName"] = "services.exe"
+        row["FileName"] = file_name
+        row["FolderPath"] = f"{folder}\\{file_name}"
+        row["ProcessCommandLine"] = f'"{folder}\\{file_name}"' + (" --silent" if story == "abuse" else " --service")
+        row["ProcessVersionInfoCompanyName"] = tool.company
+        row["ProcessVersionInfoProductName"] = tool.product
+        row["ProcessVersionInfoFileDescription"] = tool.product
+        row["ProcessVersionInfoOriginalFileName"] = file_name
+        row["ProcessVersionInfoInternalFileName"] = file_name.rsplit(".", 1)[0]
+
+    def near_miss(self, row: dict[str, Any], tool: RmmTool) -> str:
+        longer = f"My{tool.key}"  # one longer term: contains the key, is not the key
+        row["ProcessVersionInfoCompanyName"] = f"{longer} Tools"
+        row["ProcessVersionInfoProductName"] = f"{longer} Helper"
+        return "longer-term-company"
+
+
+class _NetworkRows(_Rows):
+    """DeviceNetworkEvents: the catalog's connections, RMM agents' and browsers' connections to vendors."""
+
+    entries = _CONNECTIONS
+    compact_drops = _COMPACT_NETWORK_DROPS
+
+    def _base(self, entry: tuple[Any, ...]) -> dict[str, Any]:
+        """A connection without its device, user and times."""
         rnd = self.random
         file_name, folder, company, product, url, port, ip_type = entry
         public = ip_type == "Public"
@@ -793,30 +832,21 @@ class Generator:
             "MachineGroup": None,
         }
 
-    def _connection(self, device: dict[str, str], ticks: int) -> dict[str, Any]:
+    def row(self, device: dict[str, str], ticks: int) -> dict[str, Any]:
         """A connection from ``device`` at ``ticks``: a pooled base row, personalised."""
         rnd = self.random
-        row = dict(rnd.choice(self._network_pool))
+        row = super().row(device, ticks)
         user = device["user"]
-        self._report_id += 1
-        row["Timestamp"] = format_datetime(ticks)
-        row["DeviceId"] = device["DeviceId"]
-        row["DeviceName"] = device["DeviceName"]
         row["LocalIP"] = f"10.20.{int(device['sid'].rsplit('-', 1)[1]) % 250}.{rnd.randrange(2, 250)}"
         row["InitiatingProcessCreationTime"] = format_datetime(ticks - rnd.randrange(3600 * TICKS_PER_SECOND))
         row["InitiatingProcessAccountName"] = user
         row["InitiatingProcessAccountSid"] = device["sid"]
         row["InitiatingProcessAccountUpn"] = f"{user}@corp.example"
-        row["ReportId"] = self._report_id
         if "{user}" in row["InitiatingProcessFolderPath"]:
             row["InitiatingProcessFolderPath"] = row["InitiatingProcessFolderPath"].replace("{user}", user)
         return row
 
-    def _relay(self, tool: RmmTool) -> str:
-        host = self.random.choice(tool.hosts).replace("{n}", str(self.random.randrange(1, 400)))
-        return f"{host}.{tool.domain}"
-
-    def _rmm_connection(self, row: dict[str, Any], tool: RmmTool, device: dict[str, str], story: str) -> None:
+    def rmm(self, row: dict[str, Any], tool: RmmTool, device: dict[str, str], story: str) -> None:
         """Turn a connection into one of ``tool``'s network stories (RMM_STORIES["network"])."""
         rnd = self.random
         row["ActionType"] = "ConnectionSuccess"
@@ -839,6 +869,19 @@ class Generator:
             self._initiating(row, rnd.choice(_DISGUISES), folder, "", "")
             row["InitiatingProcessParentFileName"] = rnd.choice(_DROPPERS)
 
+    def near_miss(self, row: dict[str, Any], tool: RmmTool) -> str:
+        rnd = self.random
+        story = rnd.choice(NEAR_MISS_STORIES["network"])
+        if story == "longer-term-domain":
+            row["RemoteUrl"] = f"my{tool.domain}.example"
+        else:
+            row["RemoteUrl"] = f"{tool.domain}.{rnd.choice(('login-check', 'secure-update', 'cdn-edge'))}.example"
+        return story
+
+    def _relay(self, tool: RmmTool) -> str:
+        host = self.random.choice(tool.hosts).replace("{n}", str(self.random.randrange(1, 400)))
+        return f"{host}.{tool.domain}"
+
     @staticmethod
     def _initiating(row: dict[str, Any], file_name: str, folder: str, company: str, product: str) -> None:
         row["InitiatingProcessFileName"] = file_name
@@ -850,9 +893,15 @@ class Generator:
         row["InitiatingProcessVersionInfoInternalFileName"] = file_name.rsplit(".", 1)[0] if company else ""
         row["InitiatingProcessVersionInfoFileDescription"] = product
 
-    # -- certificate records -------------------------------------------------------------------
-    def _base_signature(self, entry: tuple[str, str, bool]) -> dict[str, Any]:
-        """A file's signature without its device and times (the certificate pool's unit)."""
+
+class _CertificateRows(_Rows):
+    """DeviceFileCertificateInfo: the catalog's signatures, RMM vendors' signatures and unsigned copies."""
+
+    entries = _SIGNATURES
+    compact_drops = _COMPACT_CERTIFICATE_DROPS
+
+    def _base(self, entry: tuple[Any, ...]) -> dict[str, Any]:
+        """A file's signature without its device and times."""
         rnd = self.random
         signer, issuer, microsoft_root = entry
         signed = bool(signer)
@@ -883,17 +932,7 @@ class Generator:
             "MachineGroup": None,
         }
 
-    def _signature(self, device: dict[str, str], ticks: int) -> dict[str, Any]:
-        """A signature seen on ``device`` at ``ticks``: a pooled base row, personalised."""
-        row = dict(self.random.choice(self._certificate_pool))
-        self._report_id += 1
-        row["Timestamp"] = format_datetime(ticks)
-        row["DeviceId"] = device["DeviceId"]
-        row["DeviceName"] = device["DeviceName"]
-        row["ReportId"] = self._report_id
-        return row
-
-    def _rmm_signature(self, row: dict[str, Any], tool: RmmTool, story: str) -> None:
+    def rmm(self, row: dict[str, Any], tool: RmmTool, device: dict[str, str], story: str) -> None:
         """Turn a signature into one of ``tool``'s certificate stories (RMM_STORIES["certificate"])."""
         row["SHA1"] = self._hex(160)
         row["IsRootSignerMicrosoft"] = False
@@ -904,46 +943,49 @@ class Generator:
         row.update(IsSigned=True, IsTrusted=story == "signed", SignatureType="Embedded", Signer=tool.signer,
                    Issuer=tool.issuer, SignerHash=self._hex(160), CertificateSerialNumber=self._hex(128))  # fmt: skip
 
-    # -- RMM tools and near misses ---------------------------------------------------------------
-    def _rmm_process(self, row: dict[str, Any], tool: RmmTool, device: dict[str, str], story: str) -> None:
-        """Turn a process launch into one of ``tool``'s process stories (RMM_STORIES["process"])."""
-        rnd = self.random
-        user = device["user"]
-        file_name = rnd.choice(tool.files)
-        if story == "abuse":
-            folder = rnd.choice((f"C:\\Users\\{user}\\Downloads", f"C:\\Users\\{user}\\AppData\\Local\\Temp",
-                                 f"C:\\ProgramData\\{rnd.choice(('Intel64', 'WinSvc', 'MSCache'))}"))  # fmt: skip
-            row["InitiatingProcessFileName"] = rnd.choice(_DROPPERS)
-            row["ProcessIntegrityLevel"] = "High"
-        else:
-            folder = tool.folder.replace("{user}", user)
-            row["InitiatingProcessFileName"] = "services.exe"
-        row["FileName"] = file_name
-        row["FolderPath"] = f"{folder}\\{file_name}"
-        row["ProcessCommandLine"] = f'"{folder}\\{file_name}"' + (" --silent" if story == "abuse" else " --service")
-        row["ProcessVersionInfoCompanyName"] = tool.company
-        row["ProcessVersionInfoProductName"] = tool.product
-        row["ProcessVersionInfoFileDescription"] = tool.product
-        row["ProcessVersionInfoOriginalFileName"] = file_name
-        row["ProcessVersionInfoInternalFileName"] = file_name.rsplit(".", 1)[0]
+    def near_miss(self, row: dict[str, Any], tool: RmmTool) -> str:
+        row.update(IsSigned=True, IsTrusted=True, Signer=f"{tool.key}Soft Ltd", Issuer=_SECTIGO)
+        return "lookalike-signer"
 
-    def _near_miss(self, table: str, row: dict[str, Any], tool: RmmTool) -> str:
-        """Put ``tool``'s key inside a longer term (or under a lookalike domain); returns the story."""
+
+class Generator:
+    """Produces Event Hubs message bodies (bytes), deterministic for a seed and clock."""
+
+    def __init__(self, config: GeneratorConfig | None = None, clock: Clock = wall_clock) -> None:
+        self.config = config or GeneratorConfig()
+        self.clock = clock
+        self.random = random.Random(self.config.seed)
+        self.stats = GeneratorStats()
         rnd = self.random
-        longer = f"My{tool.key}"  # one longer term: contains the key, is not the key
-        if table == "process":
-            row["ProcessVersionInfoCompanyName"] = f"{longer} Tools"
-            row["ProcessVersionInfoProductName"] = f"{longer} Helper"
-            return "longer-term-company"
-        if table == "certificate":
-            row.update(IsSigned=True, IsTrusted=True, Signer=f"{tool.key}Soft Ltd", Issuer=_SECTIGO)
-            return "lookalike-signer"
-        story = rnd.choice(NEAR_MISS_STORIES["network"])
-        if story == "longer-term-domain":
-            row["RemoteUrl"] = f"my{tool.domain}.example"
-        else:
-            row["RemoteUrl"] = f"{tool.domain}.{rnd.choice(('login-check', 'secure-update', 'cdn-edge'))}.example"
-        return story
+        self.devices = [self._device(i) for i in range(max(1, self.config.devices))]
+        count = max(1, min(self.config.netsupport_devices, len(self.devices)))
+        self.netsupport_devices = rnd.sample(self.devices, count)
+        self.rmm_devices = rnd.sample(self.devices, max(1, min(self.config.rmm_devices, len(self.devices))))
+        report_ids = itertools.count(rnd.randrange(10_000, 90_000) + 1)
+        self._recent: list[dict[str, Any]] = []
+        compact = self.config.compact
+        # Made in this order (process, network, certificate): each pool draws from the one sequence.
+        self._process = _ProcessRows(rnd, report_ids, compact=compact)
+        self._tables: dict[str, _Rows] = {
+            "process": self._process,
+            "network": _NetworkRows(rnd, report_ids, compact=compact),
+            "certificate": _CertificateRows(rnd, report_ids, compact=compact),
+        }
+
+    def _device(self, index: int) -> dict[str, str]:
+        rnd = self.random
+        name = f"{rnd.choice(_DEPARTMENTS)}-{rnd.choice(_KINDS)}-{index:04d}.corp.example"
+        return {
+            "DeviceId": f"{rnd.getrandbits(160):040x}",
+            "DeviceName": name,
+            "user": rnd.choice(_FIRST),
+            "sid": f"S-1-5-21-1004336348-1177238915-682003330-{1000 + index}",
+        }
+
+    def _timestamp(self, now: int) -> int:
+        cfg = self.config
+        delay = self.random.uniform(cfg.min_delay_s, cfg.max_delay_s)
+        return now - int(delay * TICKS_PER_SECOND) - self.random.randrange(TICKS_PER_SECOND)
 
     def _count_story(self, tool: RmmTool, table: str, story: str) -> None:
         key = (tool.name, table, story)
@@ -967,13 +1009,13 @@ class Generator:
         if roll < cfg.netsupport_ratio:
             table, category = "process", CATEGORY
             device = rnd.choice(self.netsupport_devices)
-            row = self._row(device, ticks)
-            story = self._netsupport(row, device)
+            row = self._process.row(device, ticks)
+            story = self._process.netsupport(row, device)
             stats.netsupport += 1
             stats.stories[story] = stats.stories.get(story, 0) + 1
         elif roll < cfg.netsupport_ratio + cfg.decoy_ratio:
             table, category = "process", CATEGORY
-            row = self._row(rnd.choice(self.devices), ticks)
+            row = self._process.row(rnd.choice(self.devices), ticks)
             row["ProcessVersionInfoCompanyName"] = rnd.choice(DECOY_COMPANIES)
             stats.decoys += 1
         else:
@@ -987,26 +1029,17 @@ class Generator:
             roll = rnd.random()
             rmm = roll < cfg.rmm_ratio
             device = rnd.choice(self.rmm_devices if rmm else self.devices)
-            if table == "process":
-                row = self._row(device, ticks)
-            elif table == "network":
-                row = self._connection(device, ticks)
-            else:
-                row = self._signature(device, ticks)
+            rows = self._tables[table]
+            row = rows.row(device, ticks)
             if rmm:
                 tool = rnd.choice(RMM_TOOLS)
                 story = rnd.choice(RMM_STORIES[table])
-                if table == "process":
-                    self._rmm_process(row, tool, device, story)
-                elif table == "network":
-                    self._rmm_connection(row, tool, device, story)
-                else:
-                    self._rmm_signature(row, tool, story)
+                rows.rmm(row, tool, device, story)
                 stats.rmm += 1
                 self._count_story(tool, table, story)
             elif roll < cfg.rmm_ratio + cfg.near_miss_ratio:
                 tool = rnd.choice(RMM_TOOLS)
-                self._count_story(tool, table, self._near_miss(table, row, tool))
+                self._count_story(tool, table, rows.near_miss(row, tool))
                 stats.near_misses += 1
         stats.tables[table] = stats.tables.get(table, 0) + 1
         roll = rnd.random()

@@ -129,10 +129,9 @@ async def stdout_case(tmp_path: Path, receiver: Receiver) -> SinkCase:
 
 def _jsonl_case(sink: JsonlSink | JsonlDeadLetters, path: Path, items: Any, encode: Any) -> SinkCase:
     def break_file() -> None:
-        out = sink._out
-        assert out._file is not None
-        out._file.close()
-        out._file = open(path, "rb")  # noqa: SIM115  (a read-only handle: writes fail)
+        assert sink._file is not None
+        sink._file.close()
+        sink._file = open(path, "rb")  # noqa: SIM115  (a read-only handle: writes fail)
 
     async def file_lines() -> list[bytes]:
         return path.read_bytes().splitlines()
@@ -170,7 +169,7 @@ async def _kafka_case(make: Callable[[KafkaSettings, str], Any], items: Any, enc
 
     def close_producer() -> None:
         # The producer gone: the sink must raise SinkError, not crash or drop.
-        kafka._producer._producer = None
+        kafka._producer = None
 
     return SinkCase(kafka, items, encode, consumed, close_producer)
 

@@ -17,9 +17,10 @@ built in :mod:`rmmwatch.kql.conditions` from the operator table in :mod:`rmmwatc
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
-from rmmwatch.kql import conditions
+from rmmwatch.kql import conditions, syntax
 from rmmwatch.kql.compiled import (
     MAKE_SET_MAX,
     AggregateSpec,
@@ -36,28 +37,6 @@ from rmmwatch.kql.errors import KqlError, KqlWarning, closest_name
 from rmmwatch.kql.operators import COMPARISON_OPERATORS, LIST_OPERATORS, STRING_OPERATORS, SWAPPED_COMPARISONS
 from rmmwatch.kql.parser import parse
 from rmmwatch.kql.schema import TABLES, KqlType
-from rmmwatch.kql.syntax import (
-    Aggregate,
-    ArrayLiteral,
-    Between,
-    Binary,
-    Call,
-    Expr,
-    Extend,
-    Let,
-    ListOp,
-    Literal,
-    Logical,
-    Name,
-    Negate,
-    Operator,
-    Pos,
-    Query,
-    Summarize,
-    TabularLet,
-    Where,
-    unparse,
-)
 
 _NUMERIC = frozenset({"long", "real"})
 _ORDERED = frozenset({"long", "real", "datetime", "timespan"})
@@ -65,7 +44,7 @@ _TEXT = frozenset({"string", "dynamic"})
 _SCALAR_CONSTANT = ("string", "long", "real", "bool")
 
 
-def _error(message: str, pos: Pos) -> KqlError:
+def _error(message: str, pos: syntax.Pos) -> KqlError:
     return KqlError(message, pos.line, pos.column)
 
 
@@ -83,7 +62,7 @@ class _Scope:
         #: The construct being compiled, for messages.
         self.context = ""
 
-    def resolve(self, name: Name) -> Value:
+    def resolve(self, name: syntax.Name) -> Value:
         if name.name in self.lets:
             return self.lets[name.name]
         if name.name in self.constants:
@@ -123,7 +102,7 @@ class _Compiler:
         self.scope = scope
 
     # -- constants -----------------------------------------------------------------------
-    def constant(self, expr: Expr, context: str) -> Const | ConstList:
+    def constant(self, expr: syntax.Expr, context: str) -> Const | ConstList:
         value = self.value(expr)
         if isinstance(value, Column):
             raise _error(f"{context} must be a constant, not the column {value.name!r}", value.pos)
@@ -131,12 +110,12 @@ class _Compiler:
             raise _error(f"{context} must be a constant, not a condition", value.pos)
         return value
 
-    def value(self, expr: Expr) -> Value:
-        if isinstance(expr, Literal):
+    def value(self, expr: syntax.Expr) -> Value:
+        if isinstance(expr, syntax.Literal):
             return Const(expr.type, expr.value, expr.pos)
-        if isinstance(expr, Name):
+        if isinstance(expr, syntax.Name):
             return self.scope.resolve(expr)
-        if isinstance(expr, ArrayLiteral):
+        if isinstance(expr, syntax.ArrayLiteral):
             items: list[Const] = []
             for item in expr.items:
                 value = self.value(item)
@@ -144,23 +123,23 @@ class _Compiler:
                     raise _error("array items must be constants", item.pos)
                 items.append(value)
             return ConstList(tuple(items), expr.pos)
-        if isinstance(expr, Negate):
+        if isinstance(expr, syntax.Negate):
             inner = self.value(expr.expr)
             if isinstance(inner, Const) and inner.type in ("long", "real", "timespan"):
                 return Const(inner.type, -inner.value, expr.pos)
             raise _error("unary minus applies to a numeric or timespan constant only", expr.pos)
-        if isinstance(expr, Call):
+        if isinstance(expr, syntax.Call):
             return self.call(expr)
-        if isinstance(expr, Binary) and expr.op in ("+", "-"):
+        if isinstance(expr, syntax.Binary) and expr.op in ("+", "-"):
             return self.arithmetic(expr)
         return self.condition(expr)
 
-    def arithmetic(self, expr: Binary) -> Const:
+    def arithmetic(self, expr: syntax.Binary) -> Const:
         # A chain ``a + b - c`` is left-nested: walk down its left spine, then fold upwards,
         # so a long chain costs no recursion.
-        steps: list[Binary] = []
-        node: Expr = expr
-        while isinstance(node, Binary) and node.op in ("+", "-"):
+        steps: list[syntax.Binary] = []
+        node: syntax.Expr = expr
+        while isinstance(node, syntax.Binary) and node.op in ("+", "-"):
             steps.append(node)
             node = node.left
         left = self.value(node)
@@ -170,7 +149,7 @@ class _Compiler:
         return left
 
     @staticmethod
-    def add(expr: Binary, left: Value, right: Value) -> Const:
+    def add(expr: syntax.Binary, left: Value, right: Value) -> Const:
         if not (isinstance(left, Const) and isinstance(right, Const)):
             raise _error(f"arithmetic '{expr.op}' is supported on constants only (e.g. now() - 5d)", expr.pos)
         sign = 1 if expr.op == "+" else -1
@@ -184,7 +163,7 @@ class _Compiler:
             return Const("real", left.value + sign * right.value, expr.pos)
         raise _error(f"cannot apply '{expr.op}' to {left.type} and {right.type}", expr.pos)
 
-    def call(self, expr: Call) -> Value:
+    def call(self, expr: syntax.Call) -> Value:
         name, args = expr.name, expr.args
         if name == "now":
             if not args:
@@ -223,22 +202,22 @@ class _Compiler:
             return conditions.bool_column_condition(value.name, value.pos)
         raise _error(f"{context} must be a boolean condition", value.pos)
 
-    def condition(self, expr: Expr) -> Condition:
-        if isinstance(expr, Logical):
+    def condition(self, expr: syntax.Expr) -> Condition:
+        if isinstance(expr, syntax.Logical):
             return self.logical(expr)
-        if isinstance(expr, Binary):
+        if isinstance(expr, syntax.Binary):
             if expr.op in COMPARISON_OPERATORS:
                 return self.comparison(expr)
             if expr.op in STRING_OPERATORS:
                 return self.string_operator(expr)
             raise _error(f"unsupported operator {expr.op!r}", expr.pos)
-        if isinstance(expr, Between):
+        if isinstance(expr, syntax.Between):
             return self.between(expr)
-        if isinstance(expr, ListOp):
+        if isinstance(expr, syntax.ListOp):
             return self.list_operator(expr)
         return self.as_condition(self.value(expr), "this expression")
 
-    def logical(self, expr: Logical) -> Condition:
+    def logical(self, expr: syntax.Logical) -> Condition:
         terms = [
             self.as_condition(self.value(term), f"the {'left' if k == 0 else 'right'} side of '{expr.op}'")
             for k, term in enumerate(expr.terms)
@@ -247,7 +226,7 @@ class _Compiler:
             return conditions.all_of(terms, expr.pos)
         return conditions.any_of(terms, expr.pos)
 
-    def string_operator(self, expr: Binary) -> Condition:
+    def string_operator(self, expr: syntax.Binary) -> Condition:
         op = expr.op
         left = self.value(expr.left)
         right = self.value(expr.right)
@@ -260,7 +239,7 @@ class _Compiler:
         row, negated = STRING_OPERATORS[op]
         return conditions.string_condition(row, negated, left.name, right.value, expr.pos)
 
-    def comparison(self, expr: Binary) -> Condition:
+    def comparison(self, expr: syntax.Binary) -> Condition:
         op = expr.op
         left = self.value(expr.left)
         right = self.value(expr.right)
@@ -287,7 +266,7 @@ class _Compiler:
             return conditions.string_condition(row, negated, left.name, right.value, expr.pos)
         return conditions.ordered_condition(left.name, op, right.value, expr.pos)
 
-    def between(self, expr: Between) -> Condition:
+    def between(self, expr: syntax.Between) -> Condition:
         column = self.value(expr.expr)
         if not isinstance(column, Column) or column.type not in _ORDERED:
             raise _error("between applies to a numeric or datetime column", expr.pos)
@@ -303,7 +282,7 @@ class _Compiler:
         _check_comparable(column, high, "between", expr.pos)
         return conditions.between_condition(column.name, low.value, high.value, expr.negated, expr.pos)
 
-    def list_operator(self, expr: ListOp) -> Condition:
+    def list_operator(self, expr: syntax.ListOp) -> Condition:
         column = self.value(expr.expr)
         if not isinstance(column, Column):
             raise _error(f"the left side of {expr.op!r} must be a column", expr.pos)
@@ -322,7 +301,7 @@ class _Compiler:
         return conditions.list_condition(row, column.name, text, [i.value for i in items], expr.pos)
 
 
-def _check_comparable(column: Column, const: Const, op: str, pos: Pos) -> None:
+def _check_comparable(column: Column, const: Const, op: str, pos: syntax.Pos) -> None:
     kinds = {
         "string": {"string"},
         "dynamic": {"string"},
@@ -341,12 +320,12 @@ def _check_comparable(column: Column, const: Const, op: str, pos: Pos) -> None:
 # -- the entry points ------------------------------------------------------------------
 
 
-def _conjuncts(expr: Expr) -> Iterable[Expr]:
+def _conjuncts(expr: syntax.Expr) -> Iterable[syntax.Expr]:
     """The terms of a top-level ``and``, nested ``and``s (parenthesised) flattened, in order."""
     pending = [expr]
     while pending:
         node = pending.pop()
-        if isinstance(node, Logical) and node.op == "and":
+        if isinstance(node, syntax.Logical) and node.op == "and":
             pending.extend(reversed(node.terms))
         else:
             yield node
@@ -369,9 +348,9 @@ class _WindowBuilder:
     def bound_high(self, ticks: int) -> None:
         self.high = ticks if self.high is None else min(self.high, ticks)
 
-    def take(self, compiler: _Compiler, expr: Expr) -> bool:
+    def take(self, compiler: _Compiler, expr: syntax.Expr) -> bool:
         """Absorb ``expr`` if it is a now()-relative bound on Timestamp; False if it is not one."""
-        if isinstance(expr, Between) and _is_timestamp(expr.expr):
+        if isinstance(expr, syntax.Between) and _is_timestamp(expr.expr):
             low = compiler.constant(expr.low, "the low bound of between")
             high = compiler.constant(expr.high, "the high bound of between")
             if not (_uses_now(low) or _uses_now(high)):
@@ -390,7 +369,7 @@ class _WindowBuilder:
                     )
                 setter(bound.value)
             return True
-        if isinstance(expr, Binary) and expr.op in ("<", "<=", ">", ">=", "=="):
+        if isinstance(expr, syntax.Binary) and expr.op in ("<", "<=", ">", ">=", "=="):
             left, right, op = expr.left, expr.right, expr.op
             if not _is_timestamp(left) and _is_timestamp(right):
                 left, right = right, left
@@ -419,8 +398,8 @@ class _WindowBuilder:
         return TimeWindow(self.low, self.high)
 
 
-def _is_timestamp(expr: Expr) -> bool:
-    return isinstance(expr, Name) and expr.name == "Timestamp"
+def _is_timestamp(expr: syntax.Expr) -> bool:
+    return isinstance(expr, syntax.Name) and expr.name == "Timestamp"
 
 
 def compile_query(text: str) -> CompiledQuery:
@@ -438,23 +417,23 @@ def compile_query(text: str) -> CompiledQuery:
 
 #: One stage of the query's pipeline and the scalar ``let`` bindings it sees (KQL's scoping:
 #: a tabular let's pipeline sees the lets bound before it).
-_Stage = tuple[Operator, dict[str, Const | ConstList]]
+_Stage = tuple[syntax.Operator, dict[str, Const | ConstList]]
 
 
-def _base_table(query: Query) -> Name:
+def _base_table(query: syntax.Query) -> syntax.Name:
     """The table the query's pipeline reads, through the tabular ``let``s it starts from."""
-    bases: dict[str, Name] = {}
+    bases: dict[str, syntax.Name] = {}
     for let in query.lets:
-        if isinstance(let, TabularLet):
+        if isinstance(let, syntax.TabularLet):
             bases[let.name] = bases.get(let.source.name, let.source)
         else:
             bases.pop(let.name, None)
     return bases.get(query.table.name, query.table)
 
 
-def _compile(query: Query, text: str) -> CompiledQuery:
+def _compile(query: syntax.Query, text: str) -> CompiledQuery:
     table = _base_table(query)
-    scalar_lets = {let.name for let in query.lets if isinstance(let, Let)}
+    scalar_lets = {let.name for let in query.lets if isinstance(let, syntax.Let)}
     if table.name not in TABLES:
         if table.name in scalar_lets:
             raise _error(f"{table.name!r} is a scalar let, not a table: a query reads a table", table.pos)
@@ -473,7 +452,7 @@ def _compile(query: Query, text: str) -> CompiledQuery:
     for operator, lets in stages:
         scope.lets = lets
         if summarized is not None:
-            if not isinstance(operator, Extend):
+            if not isinstance(operator, syntax.Extend):
                 raise _error(
                     "operators after summarize are not supported: only '| extend Name = constant' may follow it",
                     operator.pos,
@@ -482,14 +461,14 @@ def _compile(query: Query, text: str) -> CompiledQuery:
             row_constants.extend(added)
             summarized.names.extend(constant.name for constant in added)
             continue
-        if isinstance(operator, Where):
+        if isinstance(operator, syntax.Where):
             scope.context = "in the condition of 'where'"
             for conjunct in _conjuncts(operator.predicate):
                 if window.take(compiler, conjunct):
                     continue
                 compiled.append(compiler.condition(conjunct))
-                condition_texts.append(unparse(conjunct))
-        elif isinstance(operator, Extend):
+                condition_texts.append(syntax.unparse(conjunct))
+        elif isinstance(operator, syntax.Extend):
             scope.context = "in 'extend'"
             for assignment in operator.assignments:
                 value = compiler.constant(assignment.value, f"extend {assignment.name}")
@@ -536,19 +515,19 @@ def _compile(query: Query, text: str) -> CompiledQuery:
 
 
 def _pipeline(
-    query: Query, compiler: _Compiler, schema: Mapping[str, KqlType]
-) -> tuple[list[_Stage], list[TabularLet]]:
+    query: syntax.Query, compiler: _Compiler, schema: Mapping[str, KqlType]
+) -> tuple[list[_Stage], list[syntax.TabularLet]]:
     """Bind the ``let``s in order and unfold the query's pipeline through its tabular ``let``s.
 
     Returns the stages (each with the scalar lets it sees) and the tabular lets left unused.
     """
     scope = compiler.scope
     pipelines: dict[str, list[_Stage]] = {}
-    unused: dict[str, TabularLet] = {}
+    unused: dict[str, syntax.TabularLet] = {}
     for let in query.lets:
         if let.name in schema:
             raise _error(f"let {let.name!r} shadows a column of {scope.table}", let.pos)
-        if isinstance(let, TabularLet):
+        if isinstance(let, syntax.TabularLet):
             stages = list(pipelines.get(let.source.name, ()))
             unused.pop(let.source.name, None)
             snapshot = dict(scope.lets)
@@ -567,27 +546,23 @@ def _pipeline(
     return stages, list(unused.values())
 
 
+@dataclass(slots=True)
 class _Summarized:
     """What ``summarize`` compiled to, and the names of the summarized rows' columns so far."""
 
-    def __init__(
-        self,
-        group_by: tuple[str, ...],
-        group_by_types: tuple[KqlType, ...],
-        aggregates: tuple[AggregateSpec, ...],
-        constants: dict[str, Any],
-        condition_columns: frozenset[str],
-    ) -> None:
-        self.group_by = group_by
-        self.group_by_types = group_by_types
-        self.aggregates = aggregates
-        self.constants = constants
-        self.condition_columns = condition_columns
-        self.names = [*group_by, *(a.name for a in aggregates)]
+    group_by: tuple[str, ...]
+    group_by_types: tuple[KqlType, ...]
+    aggregates: tuple[AggregateSpec, ...]
+    constants: dict[str, Any]
+    condition_columns: frozenset[str]
+    names: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.names = [*self.group_by, *(a.name for a in self.aggregates)]
 
 
 def _summarize(
-    compiler: _Compiler, scope: _Scope, summarize: Summarize, condition_columns: frozenset[str]
+    compiler: _Compiler, scope: _Scope, summarize: syntax.Summarize, condition_columns: frozenset[str]
 ) -> _Summarized:
     scope.context = "in 'summarize ... by'"
     group_by: list[str] = []
@@ -613,7 +588,9 @@ def _summarize(
     return _Summarized(tuple(group_by), tuple(group_by_types), aggregates, _constants(scope), condition_columns)
 
 
-def _row_constants(extend: Extend, lets: dict[str, Const | ConstList], columns: Sequence[str]) -> list[RowConstant]:
+def _row_constants(
+    extend: syntax.Extend, lets: dict[str, Const | ConstList], columns: Sequence[str]
+) -> list[RowConstant]:
     """``| extend Name = constant`` after summarize: a constant column of every row (docs/semantics.md §1)."""
     scope = _Scope({})
     scope.lets = lets
@@ -654,9 +631,9 @@ def _constants(scope: _Scope) -> dict[str, Any]:
 _AGGREGATE_PREFIX = {"min": "min", "max": "max", "make_set": "set", "dcount": "dcount"}
 
 
-def _aggregate(compiler: _Compiler, scope: _Scope, node: Aggregate) -> AggregateSpec:
+def _aggregate(compiler: _Compiler, scope: _Scope, node: syntax.Aggregate) -> AggregateSpec:
     func, args = node.func, node.args
-    text = f"{func}({', '.join(unparse(a) for a in args)})"
+    text = f"{func}({', '.join(syntax.unparse(a) for a in args)})"
     if func == "count":
         if args:
             raise _error("count() takes no arguments (count(expr) is not supported)", node.pos)
@@ -673,7 +650,7 @@ def _aggregate(compiler: _Compiler, scope: _Scope, node: Aggregate) -> Aggregate
                 f"{func}() takes {'one column' if max_args == 1 else 'a column and an optional number'}",
                 node.pos,
             )
-        if not isinstance(args[0], Name):
+        if not isinstance(args[0], syntax.Name):
             raise _error(f"{func}() is supported over a plain column only", args[0].pos)
         target = scope.resolve(args[0])
         if isinstance(target, Column):
@@ -733,7 +710,7 @@ def compile_condition(
         raise _shift(exc) from None
     if warnings is not None:
         warnings.extend(_shift_warning(w) for w in query.warnings)
-    if len(query.operators) != 1 or not isinstance(query.operators[0], Where):
+    if len(query.operators) != 1 or not isinstance(query.operators[0], syntax.Where):
         raise KqlError("an exclusion is one predicate, not a pipeline", 1, 1)
     scope = _Scope(schema)
     scope.context = "in an exclusion"

@@ -46,20 +46,10 @@ def dead_letter_document(letter: DeadLetter) -> bytes:
     )
 
 
-class JsonlDeadLetters:
+class JsonlDeadLetters(JsonLinesFile):
     """Appends dead letters to a JSON lines file."""
 
-    name = "jsonl"
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._out = JsonLinesFile(path, "jsonl dead letters")
-
-    async def open(self) -> None:
-        self._out.open()
+    what = "jsonl dead letters"
 
     async def send(self, letters: Sequence[DeadLetter]) -> None:
-        await self._out.append([dead_letter_document(letter) for letter in letters])
-
-    async def close(self) -> None:
-        self._out.close()
+        await self.append([dead_letter_document(letter) for letter in letters])

@@ -26,15 +26,21 @@ from rmmwatch.model import DeadLetter
 from rmmwatch.sinks.base import SinkError
 
 
-class _Producer:
-    """An acks=all producer that reports failures as SinkError."""
+class _TopicProducer:
+    """An acks=all producer of one topic that reports failures as SinkError.
 
-    def __init__(self, settings: KafkaSettings, topic: str, what: str) -> None:
+    Both Kafka sinks are such producers: the alert sink and the dead letters each add a ``send``
+    that turns their items into records."""
+
+    name = "kafka"
+    #: What error messages call this producer.
+    what = "producer"
+
+    def __init__(self, settings: KafkaSettings, topic: str) -> None:
         if not topic:
-            raise ValueError(f"the kafka {what} needs a topic: kafka:TOPIC")
+            raise ValueError(f"the kafka {self.what} needs a topic: kafka:TOPIC")
         self.settings = settings
         self.topic = topic
-        self.what = what
         self._producer: AIOKafkaProducer | None = None
 
     async def open(self) -> None:
@@ -78,16 +84,10 @@ class _Producer:
                 await producer.stop()
 
 
-class KafkaSink:
+class KafkaSink(_TopicProducer):
     """Alerts to ``topic``."""
 
-    name = "kafka"
-
-    def __init__(self, settings: KafkaSettings, topic: str) -> None:
-        self._producer = _Producer(settings, topic, "sink")
-
-    async def open(self) -> None:
-        await self._producer.open()
+    what = "sink"
 
     async def send(self, alerts: Sequence[Alert]) -> None:
         records = []
@@ -102,22 +102,13 @@ class KafkaSink:
                 ("rmmwatch-revision", str(alert.revision).encode()),
             ]
             records.append((key, alert.payload, headers))
-        await self._producer.produce(records)
-
-    async def close(self) -> None:
-        await self._producer.close()
+        await self.produce(records)
 
 
-class KafkaDeadLetters:
+class KafkaDeadLetters(_TopicProducer):
     """Undecodable messages to ``topic``, with the reason and origin as headers."""
 
-    name = "kafka"
-
-    def __init__(self, settings: KafkaSettings, topic: str) -> None:
-        self._producer = _Producer(settings, topic, "dead-letter topic")
-
-    async def open(self) -> None:
-        await self._producer.open()
+    what = "dead-letter topic"
 
     async def send(self, letters: Sequence[DeadLetter]) -> None:
         records = []
@@ -138,7 +129,4 @@ class KafkaDeadLetters:
             else:
                 headers.append(("rmmwatch-origin", orjson.dumps(origin)))
             records.append((None, letter.payload, headers))
-        await self._producer.produce(records)
-
-    async def close(self) -> None:
-        await self._producer.close()
+        await self.produce(records)

@@ -13,14 +13,20 @@ from rmmwatch.sinks.base import SinkError
 
 
 class JsonLinesFile:
-    """An append-only file of JSON lines: each ``append`` is written, flushed and fsynced, or SinkError."""
+    """An append-only file of JSON lines: each ``append`` is written, flushed and fsynced, or SinkError.
 
-    def __init__(self, path: str, what: str) -> None:
+    The jsonl sinks are such files: the alert sink (:class:`JsonlSink`) and the dead letters
+    (``sinks/deadletter.py``) each add a ``send`` that appends their own lines."""
+
+    name = "jsonl"
+    #: What error messages call this file.
+    what = "jsonl file"
+
+    def __init__(self, path: str) -> None:
         self.path = path
-        self.what = what
         self._file: IO[bytes] | None = None
 
-    def open(self) -> None:
+    async def open(self) -> None:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             self._file = open(self.path, "ab")  # noqa: SIM115  (kept open for the sink's life)
@@ -43,7 +49,7 @@ class JsonLinesFile:
         except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
             raise SinkError(f"{self.what} {self.path}: {getattr(exc, 'strerror', None) or exc}") from None
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -73,20 +79,10 @@ class StdoutSink:
         return None
 
 
-class JsonlSink:
+class JsonlSink(JsonLinesFile):
     """Appends alerts to a file, one JSON document per line, fsynced before ``send`` returns."""
 
-    name = "jsonl"
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._out = JsonLinesFile(path, "jsonl sink")
-
-    async def open(self) -> None:
-        self._out.open()
+    what = "jsonl sink"
 
     async def send(self, alerts: Sequence[Alert]) -> None:
-        await self._out.append([a.payload for a in alerts])
-
-    async def close(self) -> None:
-        self._out.close()
+        await self.append([a.payload for a in alerts])

@@ -34,7 +34,7 @@ import random
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC
 from urllib.parse import urljoin, urlsplit
 
@@ -112,36 +112,30 @@ def _retry_after_s(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+@dataclass(eq=False, repr=False)  # no generated repr: it would show the token
 class WebhookSink:
     """HTTP POST delivery with one deadline per attempt and per send, retries, backoff and jitter."""
 
     name = "webhook"
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        token: str | None = None,
-        timeout_s: float = 5.0,
-        retries: int = 3,
-        backoff_s: float = 0.5,
-        max_backoff_s: float = 10.0,
-        deadline_s: float = 30.0,
-        retry_after_cap_s: float = RETRY_AFTER_CAP_S,
-    ) -> None:
-        self.url = checked_url(url)
-        self.token = token
-        redactor.register(token)
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.deadline_s = deadline_s
-        self.retry_after_cap_s = retry_after_cap_s
+    url: str
+    _: KW_ONLY
+    token: str | None = None
+    timeout_s: float = 5.0
+    retries: int = 3
+    backoff_s: float = 0.5
+    max_backoff_s: float = 10.0
+    deadline_s: float = 30.0
+    retry_after_cap_s: float = RETRY_AFTER_CAP_S
+    _proxy: str | None = field(init=False)
+    _session: aiohttp.ClientSession | None = field(init=False, default=None)
+    #: loop time before which the endpoint asked (Retry-After) not to be called
+    _not_before: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        self.url = checked_url(self.url)
+        redactor.register(self.token)
         self._proxy = _environment_proxy(self.url)
-        self._session: aiohttp.ClientSession | None = None
-        #: loop time before which the endpoint asked (Retry-After) not to be called
-        self._not_before = 0.0
 
     async def open(self) -> None:
         if self._session is None:

@@ -148,6 +148,16 @@ class _Change:
     last: EventRow
 
 
+def _note_change(changes: dict[GroupRef, _Change], row: EventRow) -> None:
+    """``row`` changed its group: it is the group's last change in this call, and its first if none came before."""
+    ref = (row.rule_id, row.group_key)
+    change = changes.get(ref)
+    if change is None:
+        changes[ref] = _Change(row, row)
+    else:
+        change.last = row
+
+
 class Engine:
     """Applies matches and the passage of time to a backend, producing alerts."""
 
@@ -192,12 +202,7 @@ class Engine:
                 result.future += 1
                 _bump(result.future_by_rule, rule.id)
                 continue
-            ref = (rule.id, match.group_key)
-            change = changes.get(ref)
-            if change is None:
-                changes[ref] = _Change(row, row)
-            else:
-                change.last = row
+            _note_change(changes, row)
         for ref, change in changes.items():
             self._changed(backend, ref, change, now, result)
         return result
@@ -227,12 +232,7 @@ class Engine:
         activated: dict[GroupRef, _Change] = {}
         for row in backend.activate(now):
             result.activated += 1
-            ref = (row.rule_id, row.group_key)
-            change = activated.get(ref)
-            if change is None:
-                activated[ref] = _Change(row, row)
-            else:
-                change.last = row
+            _note_change(activated, row)
         for ref in touched - activated.keys():
             episode = backend.get_episode(ref)
             if episode is not None and not backend.has_active(ref, now):

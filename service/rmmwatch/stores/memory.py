@@ -9,7 +9,7 @@ from typing import Any
 from rmmwatch.alerts import Alert
 from rmmwatch.model import Match
 from rmmwatch.rules import Rule
-from rmmwatch.stores.base import ApplyResult, StateStats
+from rmmwatch.stores.base import ApplyResult, StateStats, apply_each
 from rmmwatch.stores.engine import Engine, Episode, EventRow, GroupRef, group_slices
 
 
@@ -128,10 +128,7 @@ class MemoryStore:
         return result
 
     async def apply_many(self, parts: Sequence[Sequence[Match]], now: int) -> ApplyResult:
-        result = ApplyResult(keep_alerts=False)
-        for part in parts:
-            result.merge(await self.apply(part, now))
-        return result
+        return await apply_each(self, parts, now)
 
     async def tick(self, now: int) -> ApplyResult:
         return self.engine.tick(self.backend, now)

@@ -43,7 +43,7 @@ from rmmwatch.alerts import Alert
 from rmmwatch.kql.datetimes import TICKS_PER_SECOND
 from rmmwatch.model import Match
 from rmmwatch.rules import Rule
-from rmmwatch.stores.base import ApplyResult, StateStats
+from rmmwatch.stores.base import ApplyResult, StateStats, apply_each
 from rmmwatch.stores.redis_codec import BASE, Group, alert_from_spec, common_args, group_args, group_of
 from rmmwatch.stores.redis_connection import RedisConnection
 from rmmwatch.window import aggregate, render_row, row_sort_key
@@ -147,10 +147,7 @@ class RedisStore:
 
     async def apply_many(self, parts: Sequence[Sequence[Match]], now: int) -> ApplyResult:
         # Each apply is atomic per group and already one round trip: nothing to group here.
-        result = ApplyResult(keep_alerts=False)
-        for part in parts:
-            result.merge(await self.apply(part, now))
-        return result
+        return await apply_each(self, parts, now)
 
     async def _run(
         self, calls: Sequence[tuple[Rule, Group, Sequence[Match]]], now: int, mode: str, *, schedule: bool
