@@ -22,12 +22,13 @@ comes first (one of them is required); ``--rate`` messages/s (default: as fast a
 line on stderr about once a second (messages, records, messages/s, records/s, MB/s, elapsed), none with
 ``--quiet``.
 
-The expected answer: ``--expect PATH`` writes exactly what ``rmmwatch hunt --now <end> --format json``
-prints over the messages written (its code path run in-process on every message as it is written:
-``rmmwatch.events.Detector`` with the bundled rules or ``--rule``, then ``rmmwatch.window.summarize`` at ``<end>``, the
-generator's last clock value); the ``--now`` to give ``hunt`` is printed on stderr. So any run can be
-checked: ``rmmwatch hunt --now <end> --format json FILE`` over a file written with ``--output``, or a
-detector's final state, must equal it.
+The expected answer: ``--expect PATH`` writes exactly what ``rmmwatch hunt --rule bundled:netsupport --now
+<end> --format json`` prints over the messages written (its code path run in-process on every message as it is
+written: ``rmmwatch.events.Detector`` with the bundled NetSupport rule, or the rules of ``--rule``, then
+``rmmwatch.window.summarize`` at ``<end>``, the generator's last clock value); the ``--now`` to give ``hunt`` is
+printed on stderr. So any run can be checked: ``rmmwatch hunt --rule bundled:netsupport --now <end> --format json
+FILE`` over a file written with ``--output``, or the final state of a detector run with the same rules, must
+equal it.
 
     python -m load.generate --count 1000 --output stream.ndjson --expect expected.json --clock 2026-11-27T12:00:00Z
     python -m load.generate --kafka defender --partitions 8 --records 2000000 --rate 2000 --compression gzip
@@ -67,7 +68,7 @@ class ExpectedHunt:
     """
 
     def __init__(self, rules: list[Rule] | None = None, *, exclusions: bool = True) -> None:
-        self.rules = rules if rules is not None else load_rules(exclusions=exclusions)
+        self.rules = rules if rules is not None else load_rules(["bundled:netsupport"], exclusions=exclusions)
         self.detector = Detector(self.rules)
         self.hunt = Hunt(self.rules)
         self.groups: set[tuple[Any, ...]] = set()
@@ -422,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--expect", metavar="PATH", help="write the expected `rmmwatch hunt --format json` rows here")
     parser.add_argument("--rule", action="append", metavar="RULE",
                         help="with --expect: the rules hunt runs (rmmwatch's --rule: file or bundled:<name>; "
-                        "repeatable; default: every bundled rule)")  # fmt: skip
+                        "repeatable; default: the bundled NetSupport rule)")  # fmt: skip
     return parser
 
 
@@ -455,7 +456,8 @@ async def _main(args: argparse.Namespace) -> int:
         print(
             f"generate: expected answer ({len(rows)} rows, {summary.expected.matches:,} matched events, "
             f"{summary.expected.excluded:,} excluded) in {args.expect}: "
-            f"rmmwatch hunt --now {format_datetime(summary.end)} --format json ...",
+            f"rmmwatch hunt {' '.join(f'--rule {spec}' for spec in args.rule or ['bundled:netsupport'])} "
+            f"--now {format_datetime(summary.end)} --format json ...",
             file=sys.stderr,
         )
     return 0
