@@ -127,7 +127,7 @@ async def _hunt(args: argparse.Namespace) -> int:
         except OSError as exc:
             return _error(str(exc), EXIT_FAILURE)
         try:
-            while (batch := await source.fetch(0.0)) is not None or not source.exhausted:
+            while (batch := await source.fetch(0.5)) is not None or not source.exhausted:
                 if batch is None:
                     continue
                 result = detector.process(batch.messages, BatchResult())

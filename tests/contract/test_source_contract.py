@@ -21,6 +21,7 @@ replay and generator details in tests/unit/test_local_sources.py).
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import sys
 import threading
@@ -138,7 +139,7 @@ class StdinFeed(_Verbatim):
 
         threading.Thread(target=write, daemon=True).start()
         self._pipe = os.fdopen(read_fd, "rb")
-        sys.stdin = type("Stdin", (), {"buffer": self._pipe})()  # type: ignore[assignment]
+        sys.stdin = io.TextIOWrapper(self._pipe)
         return "-"
 
     async def committed(self) -> dict[str, int]:

@@ -410,3 +410,49 @@ def test_run_over_a_finite_file_says_what_it_skipped_by_reason(tmp_path: Path) -
     assert result.returncode == 0, result.stderr[-2000:]
     stopped = [orjson.loads(line) for line in result.stderr.splitlines() if b'"stopped"' in line][-1]
     assert stopped["bad_input"] == {"malformed_json": 1, "not_object_or_array": 1}
+
+
+def test_sigterm_stops_a_run_reading_an_idle_stdin(tmp_path: Path) -> None:
+    """stdin is a pipe nobody writes to: SIGTERM still ends the run promptly, exit 0. (It logged 'stopped' and
+    then hung in the interpreter's exit, waiting for the thread blocked on the pipe.)"""
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen([*RMMWATCH, "run", "--source", "stdin", "--store", "memory", "--metrics-port", "-1",
+                                "--shutdown-timeout", "2"], stdin=read_end, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)  # fmt: skip
+    os.close(read_end)
+    try:
+        deadline = time.monotonic() + 60
+        started = False
+        assert process.stderr is not None
+        while time.monotonic() < deadline and not started:
+            line = process.stderr.readline()
+            started = b'"started"' in line
+        assert started
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        os.close(write_end)
+
+
+def test_hunt_does_not_spin_on_an_idle_stdin() -> None:
+    """`hunt -` waiting for input sleeps: over 3 s of an idle pipe it uses well under a second of CPU. (It
+    polled with a zero timeout: about one CPU second per second.)"""
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen([*RMMWATCH, "hunt", "--rule", str(SEED_RULE), "-"], stdin=read_end,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    os.close(read_end)
+    try:
+        time.sleep(1.0)  # interpreter start
+        before = _cpu_seconds(process.pid)
+        time.sleep(3.0)
+        used = _cpu_seconds(process.pid) - before
+    finally:
+        os.close(write_end)
+        process.wait(timeout=30)
+    assert used < 1.0, f"{used:.2f} CPU s over 3 s of idle input"
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -14,6 +14,8 @@ import codecs
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rmmwatch.sources.framing import (
     UTF8,
@@ -157,3 +159,46 @@ def test_what_follows_the_document_is_left_over_with_its_line() -> None:
     assert rest.strip() == b'{"after": 1}'
     assert data[offset:] == rest
     assert line == document.count(b"\n") + 1
+
+
+_TEXT = st.text(alphabet=st.sampled_from('ab"\\\\[]{},: \n\u00e9\u2028x'), max_size=40)
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-1000, 1000) | _TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    elements=st.lists(st.dictionaries(_TEXT, _VALUES, max_size=5), max_size=12),
+    wrapped=st.booleans(),
+    limit=st.integers(8, 400),
+    chunks=st.lists(st.integers(1, 97), min_size=1, max_size=6),
+)
+def test_a_document_is_one_message_or_its_elements_whatever_the_chunking(
+    elements: list[dict[str, object]], wrapped: bool, limit: int, chunks: list[int]
+) -> None:
+    """Any document, any limit, any chunking: within the limit, the document; over it, each element exactly (an
+    element over the limit as its prefix with its real size), never a fragment, never a loss."""
+    document = orjson.dumps({"meta": [1, {"records": []}], "records": elements} if wrapped else elements,
+                            option=orjson.OPT_INDENT_2)  # fmt: skip
+    framer = DocumentFramer(limit)
+    frames: list[Frame] = []
+    position, turn = 0, 0
+    while position < len(document) and not framer.done:
+        size = chunks[turn % len(chunks)]
+        frames += framer.feed(document[position : position + size])
+        position, turn = position + size, turn + 1
+    frames += framer.finish()
+    if len(document) <= limit:
+        assert [f.message for f in frames] == [document]
+        return
+    assert len(frames) == len(elements)
+    for frame, element in zip(frames, elements, strict=True):
+        if isinstance(frame.message, Oversized):
+            assert frame.message.full_size > limit
+            assert len(frame.message) == limit + 1
+        else:
+            assert orjson.loads(frame.message) == element
+            assert frame.end == 0 and frame.resume_line == 0  # an element resumes at the document's start

@@ -21,7 +21,7 @@ import orjson
 from rmmwatch.durable import write_durably
 from rmmwatch.logging import get_logger
 from rmmwatch.sources.base import SourceUnavailable
-from rmmwatch.sources.framing import UTF8
+from rmmwatch.sources.framing import ENCODINGS, UTF8
 
 log = get_logger("rmmwatch.sources.file")
 
@@ -56,15 +56,15 @@ class Checkpoint:
         except (OSError, orjson.JSONDecodeError) as exc:
             log.warning("checkpoint_unreadable", checkpoint=str(self.path), error=str(exc))
             return Saved()
-        if saved.get("path") != self.input:
-            log.info("checkpoint_other_file", checkpoint=str(self.path), path=saved.get("path"))
+        if not isinstance(saved, dict) or saved.get("path") != self.input:
+            other = saved.get("path") if isinstance(saved, dict) else None
+            log.info("checkpoint_other_file", checkpoint=str(self.path), path=other)
             return Saved()
-        return Saved(
-            int(saved.get("offset", 0)),
-            int(saved.get("line", 0)),
-            str(saved.get("encoding", UTF8)),
-            int(saved.get("bom", 0)),
-        )
+        position = Saved(saved.get("offset", 0), saved.get("line", 0), saved.get("encoding", UTF8), saved.get("bom", 0))
+        if not _valid(position):
+            log.warning("checkpoint_unreadable", checkpoint=str(self.path), error="not a position this replay wrote")
+            return Saved()
+        return position
 
     def restart(self) -> None:
         """The input was truncated: its offsets start again at 0 and must not be skipped as old."""
@@ -98,3 +98,11 @@ class Checkpoint:
             ) from None
         self._failures = 0
         self.committed = position.offset
+
+
+def _valid(saved: Saved) -> bool:
+    """A position this replay could have written (a hand-edited or damaged file is not trusted)."""
+    numbers = (saved.offset, saved.line, saved.bom)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        return False
+    return saved.encoding in ENCODINGS and saved.bom in (0, 2, 3)
