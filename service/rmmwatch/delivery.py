@@ -4,7 +4,9 @@ Step 4 of the commit order (docs/architecture.md). Alerts are read from the stor
 (where step 3 wrote them durably), sent to every sink, and only then marked sent; a sink
 that fails leaves them in the outbox, and the next attempt waits for a backoff (0.5 s
 doubling up to 30 s). The loop reads ``pending`` for backpressure and commits the source
-position only once the outbox is empty, so "delivered" always comes before "committed".
+position only once the outbox is empty, so "delivered" always comes before "committed". A
+store error while reading or marking the outbox makes ``pending`` unknown, which counts as
+nonzero until a read succeeds: an outbox that could not be read is never taken as empty.
 
 Dead letters have no outbox: they are sent before their batch is handed to the commit
 stage, retried with the same backoff while their destination fails (reading stops, the
@@ -51,7 +53,7 @@ class Delivery:
     backoff: Backoff = field(init=False, default_factory=Backoff)
     #: Held while alerts go out and while the position they cover is committed.
     lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
-    #: Alerts found waiting in the outbox at the last look.
+    #: Alerts found waiting in the outbox at the last look; at least 1 while the last look failed (unknown).
     pending: int = field(init=False, default=0)
     delivered: int = field(init=False, default=0)
     _next_attempt: float = field(init=False, default=0.0)
@@ -83,7 +85,7 @@ class Delivery:
             try:
                 alerts = await self.store.pending_alerts(OUTBOX_PAGE)
             except StoreUnavailable:
-                self.on_store_error()
+                self._store_failed()
                 return False
             self.pending = len(alerts)
             self.metrics.outbox_pending.set(len(alerts))
@@ -104,9 +106,19 @@ class Delivery:
             try:
                 await self.store.mark_sent([a.key for a in alerts])
             except StoreUnavailable:
-                self.on_store_error()
+                self._store_failed()
                 return False
             self._observe(alerts)
+
+    def _store_failed(self) -> None:
+        """The outbox could not be read (or marked): what waits in it is unknown until the next successful read.
+
+        Unknown counts as waiting: ``pending`` is at least 1, so the commit gate holds the position and the loop
+        retries delivery. Keeping the last count instead (0 after an empty read) would let a batch whose apply
+        just wrote an alert be committed past it."""
+        self.on_store_error()
+        self.pending = max(self.pending, 1)
+        self._dirty = True
 
     async def _count_waiting(self, page: int) -> None:
         """After a failure: how many alerts wait, beyond the page read (backpressure compares it to its limit)."""

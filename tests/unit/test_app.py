@@ -483,3 +483,80 @@ async def test_dead_letters_of_a_message_of_many_bad_records_are_bounded() -> No
     assert dead.sent[100].payload == message
     assert "49900 more bad records" in dead.sent[100].detail
     assert sum(len(x.payload) for x in dead.sent) <= 2 * len(message)
+
+
+class OutboxFlaps(MemoryStore):
+    """A memory store whose outbox read (or marking) fails once, right after the first apply that created an alert."""
+
+    def __init__(self, rules: Sequence[Rule], where: str) -> None:
+        super().__init__(rules)
+        self.where = where
+        self.armed = False
+        self.flapped = False
+
+    async def apply_many(self, parts: Sequence[Sequence[Match]], now: int) -> ApplyResult:
+        applied = await super().apply_many(parts, now)
+        self.armed = self.armed or bool(applied.created)
+        return applied
+
+    def _flap(self, where: str) -> None:
+        if self.armed and not self.flapped and where == self.where:
+            self.flapped = True
+            raise StoreUnavailable("connection reset")
+
+    async def pending_alerts(self, limit: int) -> list[Alert]:
+        self._flap("pending_alerts")
+        return await super().pending_alerts(limit)
+
+    async def mark_sent(self, keys: Sequence[tuple[str, int]]) -> None:
+        self._flap("mark_sent")
+        await super().mark_sent(keys)
+
+
+class LiveSource(ListSource):
+    """A source that never ends (a stream), recording how many alerts the sink had at each commit."""
+
+    def __init__(self, batches: Sequence[Sequence[bytes]], sink: RecordingSink) -> None:
+        super().__init__(batches)
+        self.sink = sink
+        self.delivered_at_commit: list[int] = []
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    async def fetch(self, timeout_s: float) -> Batch | None:
+        if self.index >= len(self.batches):
+            await asyncio.sleep(min(timeout_s, 0.02))
+            return None
+        return await super().fetch(timeout_s)
+
+    async def commit(self, position: Any) -> None:
+        self.delivered_at_commit.append(len(self.sink.sent))
+        await super().commit(position)
+
+
+@pytest.mark.parametrize("where", ["pending_alerts", "mark_sent"])
+async def test_a_store_error_during_delivery_never_lets_a_commit_past_an_undelivered_alert(where: str) -> None:
+    """The outbox read fails right after the apply that wrote an alert: ``pending`` used to keep its stale 0 and
+    the gate committed the batch with its alert still in the outbox. Now ``pending`` is unknown (nonzero) until
+    the outbox is read again: no commit before the alert is delivered, and the loop delivers it, then commits.
+    (A failed marking, after the send, was already safe: the alert is re-sent, the same one.)"""
+    sink = RecordingSink()
+    source = LiveSource([[envelope(row(device="a"))]], sink)
+    store = OutboxFlaps([RULE], where)
+    app = _app(source, sink, store)
+    app.tick_interval_s = 3600  # no tick: only the loop's own retry can deliver it
+    task = asyncio.create_task(app.run())
+    for _ in range(1000):
+        if source.commits:
+            break
+        await asyncio.sleep(0.01)
+    app.stop()
+    assert await asyncio.wait_for(task, timeout=30) == 0
+    assert store.flapped
+    assert source.commits == [1]
+    assert len(source.delivered_at_commit) == 1
+    assert source.delivered_at_commit[0] >= 1, "committed before its alert was delivered"
+    # At least once: a failed marking re-sends the same alert, never another one.
+    assert {(a.alert_id, a.revision, a.kind) for a in sink.sent} == {(sink.sent[0].alert_id, 0, "new")}
