@@ -58,6 +58,8 @@ class Delivery:
     delivered: int = field(init=False, default=0)
     _next_attempt: float = field(init=False, default=0.0)
     _dirty: bool = field(init=False, default=True)  # at start, alerts of a previous run may wait in the outbox
+    #: Counts :meth:`outbox_changed` calls: a read that started before a change cannot clear ``_dirty``.
+    _changes: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.sinks = list(self.sinks)  # the caller's sequence, copied: the sinks are fixed for the run
@@ -65,6 +67,7 @@ class Delivery:
     def outbox_changed(self) -> None:
         """Something may have been written to the outbox (an apply, a tick, another replica)."""
         self._dirty = True
+        self._changes += 1
 
     def due_in(self) -> float:
         """Seconds until the next attempt after a failure is due (0: now)."""
@@ -82,6 +85,7 @@ class Delivery:
         if not force and time.monotonic() < self._next_attempt:
             return False
         while True:
+            changes = self._changes
             try:
                 alerts = await self.store.pending_alerts(OUTBOX_PAGE)
             except StoreUnavailable:
@@ -91,7 +95,9 @@ class Delivery:
             self.metrics.outbox_pending.set(len(alerts))
             if not alerts:
                 self.backoff.reset()
-                self._dirty = False
+                # Clean only if nothing was written since this read began: an apply that ran while the read
+                # was in flight (a round trip, a thread) may have written alerts its snapshot does not hold.
+                self._dirty = self._changes != changes
                 return True
             for sink in self.sinks:
                 try:

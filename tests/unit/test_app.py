@@ -560,3 +560,46 @@ async def test_a_store_error_during_delivery_never_lets_a_commit_past_an_undeliv
     assert source.delivered_at_commit[0] >= 1, "committed before its alert was delivered"
     # At least once: a failed marking re-sends the same alert, never another one.
     assert {(a.alert_id, a.revision, a.kind) for a in sink.sent} == {(sink.sent[0].alert_id, 0, "new")}
+
+
+class SnapshotThenWait(MemoryStore):
+    """A memory store whose next outbox read takes its snapshot, then waits for ``release`` (a slow round trip)."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        super().__init__(rules)
+        self.hold = False
+        self.reading = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def pending_alerts(self, limit: int) -> list[Alert]:
+        snapshot = await super().pending_alerts(limit)
+        if self.hold:
+            self.hold = False
+            self.reading.set()
+            await self.release.wait()
+        return snapshot
+
+
+async def test_an_outbox_read_that_started_before_an_apply_does_not_hide_the_alert_it_wrote() -> None:
+    """A delivery (a tick's) reads the outbox empty, and while that read is in flight an apply writes an alert and
+    says so. The read used to end by marking the outbox clean, so the commit stage's delivery then skipped the
+    outbox and its batch could be committed with the alert undelivered; the change now outlives the older read."""
+    store = SnapshotThenWait([RULE])
+    sink = RecordingSink()
+    app = _app(ListSource([]), sink, store)
+    delivery = app.delivery
+    await store.open()
+    assert await delivery.deliver(force=True)  # the start's look: empty
+    delivery.outbox_changed()  # a tick looks again; its read is slow
+    store.hold = True
+    tick = asyncio.create_task(delivery.deliver(force=True))
+    await asyncio.wait_for(store.reading.wait(), timeout=10)
+    applied = await store.apply_many([Detector([RULE]).process([envelope(row(device="a"))]).matches], T0)
+    assert applied.created == 1
+    delivery.outbox_changed()  # what the commit stage does after an apply that created alerts
+    store.release.set()
+    assert await asyncio.wait_for(tick, timeout=10)  # its snapshot was empty
+    # The commit stage's delivery, before it commits the batch's position: the alert must go out.
+    assert await delivery.deliver(force=True)
+    assert [a.kind for a in sink.sent] == ["new"]
+    assert await store.pending_alerts(10) == []
