@@ -603,3 +603,51 @@ async def test_an_outbox_read_that_started_before_an_apply_does_not_hide_the_ale
     assert await delivery.deliver(force=True)
     assert [a.kind for a in sink.sent] == ["new"]
     assert await store.pending_alerts(10) == []
+
+
+async def test_stopping_with_dead_letters_undelivered_exits_1_and_says_so() -> None:
+    """A stop while the dead-letter destination refuses everything (``jsonl:/dev/full``) used to exit 0 with the
+    poison batch uncommitted; something is left undone, so it exits 1, as undelivered alerts do, and logs it."""
+    from structlog.testing import capture_logs
+
+    dead = FlakyDeadLetters(failures=10_000)
+    source = ListSource([[b'{"records": "NetSupport"}']])
+    app = _app(source, RecordingSink(), dead_letters=dead)
+    app.delivery.backoff.first_s = 0.01
+    with capture_logs() as logs:
+        task = asyncio.create_task(app.run())
+        for _ in range(500):
+            if dead.attempts >= 2:
+                break
+            await asyncio.sleep(0.01)
+        app.stop()
+        assert await asyncio.wait_for(task, timeout=20) == 1
+    assert source.commits == []
+    [line] = [x for x in logs if x["event"] == "undelivered_dead_letters"]
+    assert (line["log_level"], line["letters"], line["destination"]) == ("error", 1, "flaky")
+
+
+class FailsThenHangs(RecordingSink):
+    """A sink that refuses its first ``failures`` sends at once, then hangs (an endpoint gone into a black hole)."""
+
+    async def send(self, alerts: Sequence[Alert]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise SinkError("refused")
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("failures", [0, 1], ids=["hangs from the start", "fails, then hangs in the drain"])
+async def test_a_finished_replay_exits_within_the_shutdown_timeout_whatever_the_sink_does(failures: int) -> None:
+    """The source is exhausted while the sink hangs: the last batch's delivery and the drain's used to wait for the
+    sink (a webhook: its own 30 s deadline per delivery, 51.5 s to exit with a 3 s timeout). Now what is left ends
+    within the shutdown timeout (plus the bounded closes), exit 1, the alert in the outbox, nothing committed."""
+    store = MemoryStore([RULE])
+    source = ListSource([[envelope(row(device="a"))]])
+    app = _app(source, FailsThenHangs(failures), store, shutdown_timeout_s=0.5)
+    app.delivery.backoff.first_s = 0.01
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(app.run(), timeout=30) == 1
+    assert asyncio.get_running_loop().time() - started < 0.5 + 5 * 2 + 5, "bounded by the timeout and the closes"
+    assert [a.kind for a in await store.pending_alerts(10)] == ["new"]
+    assert source.commits == []
