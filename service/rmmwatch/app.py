@@ -293,13 +293,23 @@ class App:
                 if result.problems:
                     letters = self.accounting.bad_input(batch, result)
                     if not await self.delivery.dead_letter(letters, stopping):
-                        break  # stopping with undelivered dead letters: this batch is not committed
+                        # Stopping with undelivered dead letters: this batch is not committed, and the run
+                        # did not finish its work (exit 1, as with undelivered alerts).
+                        log.error(
+                            "undelivered_dead_letters",
+                            letters=len(letters),
+                            destination=self.delivery.dead_letters.name,
+                            note="the batch is not committed: the next run reads it again",
+                        )
+                        self._failed = True
+                        break
                 decoded = Decoded(batch.position, len(batch.messages), result, started)
                 del batch, result  # the raw messages, possibly megabytes, are not kept while the batch waits
                 if not await stage.hand_over(decoded, committer):
                     break  # the commit stage ended (stopping while the store was down)
                 del decoded  # the commit stage owns it now (and frees its matches once applied)
         finally:
+            self.shutdown.finishing()  # what is left below and in the drain ends within the shutdown timeout
             if prefetch is not None:  # failing: what it fetched is not committed and is re-read on restart
                 prefetch.cancel()
                 with suppress(asyncio.CancelledError, Exception):

@@ -4,7 +4,9 @@ Step 4 of the commit order (docs/architecture.md). Alerts are read from the stor
 (where step 3 wrote them durably), sent to every sink, and only then marked sent; a sink
 that fails leaves them in the outbox, and the next attempt waits for a backoff (0.5 s
 doubling up to 30 s). The loop reads ``pending`` for backpressure and commits the source
-position only once the outbox is empty, so "delivered" always comes before "committed".
+position only once the outbox is empty, so "delivered" always comes before "committed". A
+store error while reading or marking the outbox makes ``pending`` unknown, which counts as
+nonzero until a read succeeds: an outbox that could not be read is never taken as empty.
 
 Dead letters have no outbox: they are sent before their batch is handed to the commit
 stage, retried with the same backoff while their destination fails (reading stops, the
@@ -51,11 +53,13 @@ class Delivery:
     backoff: Backoff = field(init=False, default_factory=Backoff)
     #: Held while alerts go out and while the position they cover is committed.
     lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
-    #: Alerts found waiting in the outbox at the last look.
+    #: Alerts found waiting in the outbox at the last look; at least 1 while the last look failed (unknown).
     pending: int = field(init=False, default=0)
     delivered: int = field(init=False, default=0)
     _next_attempt: float = field(init=False, default=0.0)
     _dirty: bool = field(init=False, default=True)  # at start, alerts of a previous run may wait in the outbox
+    #: Counts :meth:`outbox_changed` calls: a read that started before a change cannot clear ``_dirty``.
+    _changes: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.sinks = list(self.sinks)  # the caller's sequence, copied: the sinks are fixed for the run
@@ -63,6 +67,7 @@ class Delivery:
     def outbox_changed(self) -> None:
         """Something may have been written to the outbox (an apply, a tick, another replica)."""
         self._dirty = True
+        self._changes += 1
 
     def due_in(self) -> float:
         """Seconds until the next attempt after a failure is due (0: now)."""
@@ -80,16 +85,19 @@ class Delivery:
         if not force and time.monotonic() < self._next_attempt:
             return False
         while True:
+            changes = self._changes
             try:
                 alerts = await self.store.pending_alerts(OUTBOX_PAGE)
             except StoreUnavailable:
-                self.on_store_error()
+                self._store_failed()
                 return False
             self.pending = len(alerts)
             self.metrics.outbox_pending.set(len(alerts))
             if not alerts:
                 self.backoff.reset()
-                self._dirty = False
+                # Clean only if nothing was written since this read began: an apply that ran while the read
+                # was in flight (a round trip, a thread) may have written alerts its snapshot does not hold.
+                self._dirty = self._changes != changes
                 return True
             for sink in self.sinks:
                 try:
@@ -104,9 +112,19 @@ class Delivery:
             try:
                 await self.store.mark_sent([a.key for a in alerts])
             except StoreUnavailable:
-                self.on_store_error()
+                self._store_failed()
                 return False
             self._observe(alerts)
+
+    def _store_failed(self) -> None:
+        """The outbox could not be read (or marked): what waits in it is unknown until the next successful read.
+
+        Unknown counts as waiting: ``pending`` is at least 1, so the commit gate holds the position and the loop
+        retries delivery. Keeping the last count instead (0 after an empty read) would let a batch whose apply
+        just wrote an alert be committed past it."""
+        self.on_store_error()
+        self.pending = max(self.pending, 1)
+        self._dirty = True
 
     async def _count_waiting(self, page: int) -> None:
         """After a failure: how many alerts wait, beyond the page read (backpressure compares it to its limit)."""

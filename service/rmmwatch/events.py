@@ -52,6 +52,10 @@ MISSING_FIELD = "missing_field"
 WRONG_TYPE = "wrong_type"
 BAD_TIMESTAMP = "bad_timestamp"
 
+#: KQL's datetime range in ticks: a UTC offset can move a valid-looking text out of it.
+_MIN_TICKS = parse_datetime("0001-01-01T00:00:00Z")
+_MAX_TICKS = parse_datetime("9999-12-31T23:59:59.9999999Z")
+
 REASONS = (
     OVERSIZED,
     INVALID_UTF8,
@@ -267,6 +271,11 @@ class Detector:
             return
         masks = self._masks
         category = record.get("category")
+        if category is not None and category.__class__ is not str:
+            # Checked before any lookup: a list or object is not even hashable.
+            detail = f"'category' is a JSON {type(category).__name__}, not a string"
+            result.problems.append((index, _bad_record(WRONG_TYPE, detail, position, record)))
+            return
         if "properties" in record:
             if category is not None and category not in masks:
                 result.other_tables += 1
@@ -320,6 +329,12 @@ class Detector:
         if ticks is None:
             problem = _bad_record(MISSING_FIELD, "Timestamp is missing or null", position, record)
             result.problems.append((index, problem))
+            return
+        if not _MIN_TICKS <= ticks <= _MAX_TICKS:
+            # Checked here, on matched records only (not on every conversion): an offset moved the time out
+            # of KQL's range, and the alert could not even print it.
+            detail = f"Timestamp: {row.get('Timestamp')!r:.60} is outside 0001-01-01..9999-12-31 in UTC"
+            result.problems.append((index, _bad_record(BAD_TIMESTAMP, detail, position, record)))
             return
         trigger = trigger_fields(row, ticks, self._triggers[category])
         self._match(matched, event, ticks, trigger, result)

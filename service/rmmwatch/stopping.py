@@ -53,12 +53,22 @@ class Shutdown:
         if not self.requested.is_set():
             log.info("stopping", timeout_s=self.timeout_s)
             self.requested.set()
-            self._deadline = time.monotonic() + self.timeout_s
-            with suppress(RuntimeError):
-                loop = asyncio.get_running_loop()
-                self._watchdog = loop.call_later(self.timeout_s, self._force, "shutdown_timeout")
+            self._arm()
             return
         self._force("stop_signal_repeated")
+
+    def finishing(self) -> None:
+        """The loop ended by itself (a replay is exhausted, the source failed): delivering and committing what is
+        left gets the same deadline as a stop, so a sink that hangs cannot hold the exit past the timeout."""
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._deadline is not None:
+            return
+        self._deadline = time.monotonic() + self.timeout_s
+        with suppress(RuntimeError):
+            loop = asyncio.get_running_loop()
+            self._watchdog = loop.call_later(self.timeout_s, self._force, "shutdown_timeout")
 
     def closing(self) -> None:
         """The loop is over: what remains (closing the parts) is bounded on its own and is not cancelled."""

@@ -9,6 +9,7 @@ not load the Kafka or Azure client libraries.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -162,6 +163,7 @@ def source_for(config: RunConfig, metrics: Metrics | None = None) -> Source:
 def kafka_settings(config: RunConfig) -> KafkaSettings:
     """Kafka settings from ``run``'s options, applying the Event Hubs preset when configured."""
     if config.eventhubs_connection_string:
+        _refuse_what_the_preset_decides(config)
         connection = EventHubsConnectionString(config.eventhubs_connection_string)
         return KafkaSettings(
             bootstrap_servers=config.kafka_bootstrap_servers or f"{connection.host}:9093",
@@ -172,7 +174,7 @@ def kafka_settings(config: RunConfig) -> KafkaSettings:
             sasl_password=connection.text,
             ssl_ca_file=config.kafka_ssl_ca_file,
             ssl_check_hostname=config.kafka_ssl_check_hostname,
-            session_timeout_ms=30_000,
+            session_timeout_ms=_given(config, "kafka_session_timeout_ms") or 30_000,
             metadata_max_age_ms=180_000,
             request_timeout_ms=60_000,
             connections_max_idle_ms=180_000,
@@ -194,6 +196,40 @@ def kafka_settings(config: RunConfig) -> KafkaSettings:
         ssl_check_hostname=config.kafka_ssl_check_hostname,
         session_timeout_ms=config.kafka_session_timeout_ms,
     )
+
+
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(RunConfig)}
+
+#: What the Event Hubs preset decides, with the value it decides (None: the preset gives none).
+_PRESET_DECIDES: dict[str, str | None] = {
+    "kafka_security_protocol": "SASL_SSL",
+    "kafka_sasl_mechanism": "PLAIN",
+    "kafka_sasl_username": EVENTHUBS_USERNAME,
+    "kafka_sasl_password": None,
+    "kafka_oauth_token_provider": None,
+    "kafka_ssl_cert_file": None,
+    "kafka_ssl_key_file": None,
+}
+
+
+def _given(config: RunConfig, name: str) -> Any:
+    """The option's value if it differs from its default (it was given), else None."""
+    value = getattr(config, name)
+    return None if value == _DEFAULTS[name] else value
+
+
+def _refuse_what_the_preset_decides(config: RunConfig) -> None:
+    """An option the preset overrides, given with another value, was being ignored without a word: refused."""
+    for name, decided in _PRESET_DECIDES.items():
+        value = _given(config, name)
+        if value is not None and value != decided:
+            flag = "--" + name.replace("_", "-")
+            shown = "(given)" if name == "kafka_sasl_password" else repr(value)
+            raise ConfigError(
+                f"{flag} {shown} contradicts --eventhubs-connection-string: the Event Hubs preset uses "
+                + (f"{decided!r}" if decided is not None else "the connection string alone")
+                + f"; drop {flag}, or drop the preset and give every Kafka option yourself"
+            )
 
 
 def eventhub_settings(config: RunConfig) -> EventHubSettings:

@@ -127,3 +127,43 @@ def test_credentials_in_the_webhook_url_stop_the_start_without_printing_them(tmp
     assert result.returncode == 2, stderr[-3000:]
     assert "credentials" in stderr
     assert "pa55-w0rd" not in stderr and "alice" not in stderr and "Traceback" not in stderr
+
+
+def test_a_finished_replay_exits_within_the_shutdown_timeout_while_the_webhook_hangs(tmp_path: Path) -> None:
+    """A file replay ends while the webhook accepts and never answers: ``run`` used to wait out each delivery's own
+    deadline (51.5 s with ``--shutdown-timeout 3``); it exits 1 within the timeout (plus start-up and the bounded
+    closes) and the alert stays in the outbox for the next run."""
+    endpoint = HostileEndpoint("hang")
+    try:
+        data = tmp_path / "replay.ndjson"
+        data.write_bytes(envelope(row(ticks=time.time_ns() // 100)) + b"\n")
+        state = tmp_path / "state"
+        started = time.monotonic()
+        result = subprocess.run(
+            [
+                *RMMWATCH,
+                "run",
+                "--source",
+                f"file:{data}",
+                "--data-dir",
+                str(state),
+                "--sink",
+                f"webhook:{endpoint.url}",
+                "--shutdown-timeout",
+                "3",
+                "--metrics-port",
+                "-1",
+            ],
+            capture_output=True,
+            timeout=180,
+            check=False,
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        endpoint.close()
+    logs = result.stderr.decode(errors="replace")
+    assert result.returncode == 1, logs[-3000:]
+    assert elapsed < 20, f"{elapsed:.1f} s to exit with --shutdown-timeout 3"
+    assert endpoint.requests, "the webhook was called"
+    assert "1 alert(s) waiting for delivery" in _pending(state)
+    assert "Traceback" not in logs

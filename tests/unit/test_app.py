@@ -483,3 +483,171 @@ async def test_dead_letters_of_a_message_of_many_bad_records_are_bounded() -> No
     assert dead.sent[100].payload == message
     assert "49900 more bad records" in dead.sent[100].detail
     assert sum(len(x.payload) for x in dead.sent) <= 2 * len(message)
+
+
+class OutboxFlaps(MemoryStore):
+    """A memory store whose outbox read (or marking) fails once, right after the first apply that created an alert."""
+
+    def __init__(self, rules: Sequence[Rule], where: str) -> None:
+        super().__init__(rules)
+        self.where = where
+        self.armed = False
+        self.flapped = False
+
+    async def apply_many(self, parts: Sequence[Sequence[Match]], now: int) -> ApplyResult:
+        applied = await super().apply_many(parts, now)
+        self.armed = self.armed or bool(applied.created)
+        return applied
+
+    def _flap(self, where: str) -> None:
+        if self.armed and not self.flapped and where == self.where:
+            self.flapped = True
+            raise StoreUnavailable("connection reset")
+
+    async def pending_alerts(self, limit: int) -> list[Alert]:
+        self._flap("pending_alerts")
+        return await super().pending_alerts(limit)
+
+    async def mark_sent(self, keys: Sequence[tuple[str, int]]) -> None:
+        self._flap("mark_sent")
+        await super().mark_sent(keys)
+
+
+class LiveSource(ListSource):
+    """A source that never ends (a stream), recording how many alerts the sink had at each commit."""
+
+    def __init__(self, batches: Sequence[Sequence[bytes]], sink: RecordingSink) -> None:
+        super().__init__(batches)
+        self.sink = sink
+        self.delivered_at_commit: list[int] = []
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    async def fetch(self, timeout_s: float) -> Batch | None:
+        if self.index >= len(self.batches):
+            await asyncio.sleep(min(timeout_s, 0.02))
+            return None
+        return await super().fetch(timeout_s)
+
+    async def commit(self, position: Any) -> None:
+        self.delivered_at_commit.append(len(self.sink.sent))
+        await super().commit(position)
+
+
+@pytest.mark.parametrize("where", ["pending_alerts", "mark_sent"])
+async def test_a_store_error_during_delivery_never_lets_a_commit_past_an_undelivered_alert(where: str) -> None:
+    """The outbox read fails right after the apply that wrote an alert: ``pending`` used to keep its stale 0 and
+    the gate committed the batch with its alert still in the outbox. Now ``pending`` is unknown (nonzero) until
+    the outbox is read again: no commit before the alert is delivered, and the loop delivers it, then commits.
+    (A failed marking, after the send, was already safe: the alert is re-sent, the same one.)"""
+    sink = RecordingSink()
+    source = LiveSource([[envelope(row(device="a"))]], sink)
+    store = OutboxFlaps([RULE], where)
+    app = _app(source, sink, store)
+    app.tick_interval_s = 3600  # no tick: only the loop's own retry can deliver it
+    task = asyncio.create_task(app.run())
+    for _ in range(1000):
+        if source.commits:
+            break
+        await asyncio.sleep(0.01)
+    app.stop()
+    assert await asyncio.wait_for(task, timeout=30) == 0
+    assert store.flapped
+    assert source.commits == [1]
+    assert len(source.delivered_at_commit) == 1
+    assert source.delivered_at_commit[0] >= 1, "committed before its alert was delivered"
+    # At least once: a failed marking re-sends the same alert, never another one.
+    assert {(a.alert_id, a.revision, a.kind) for a in sink.sent} == {(sink.sent[0].alert_id, 0, "new")}
+
+
+class SnapshotThenWait(MemoryStore):
+    """A memory store whose next outbox read takes its snapshot, then waits for ``release`` (a slow round trip)."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        super().__init__(rules)
+        self.hold = False
+        self.reading = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def pending_alerts(self, limit: int) -> list[Alert]:
+        snapshot = await super().pending_alerts(limit)
+        if self.hold:
+            self.hold = False
+            self.reading.set()
+            await self.release.wait()
+        return snapshot
+
+
+async def test_an_outbox_read_that_started_before_an_apply_does_not_hide_the_alert_it_wrote() -> None:
+    """A delivery (a tick's) reads the outbox empty, and while that read is in flight an apply writes an alert and
+    says so. The read used to end by marking the outbox clean, so the commit stage's delivery then skipped the
+    outbox and its batch could be committed with the alert undelivered; the change now outlives the older read."""
+    store = SnapshotThenWait([RULE])
+    sink = RecordingSink()
+    app = _app(ListSource([]), sink, store)
+    delivery = app.delivery
+    await store.open()
+    assert await delivery.deliver(force=True)  # the start's look: empty
+    delivery.outbox_changed()  # a tick looks again; its read is slow
+    store.hold = True
+    tick = asyncio.create_task(delivery.deliver(force=True))
+    await asyncio.wait_for(store.reading.wait(), timeout=10)
+    applied = await store.apply_many([Detector([RULE]).process([envelope(row(device="a"))]).matches], T0)
+    assert applied.created == 1
+    delivery.outbox_changed()  # what the commit stage does after an apply that created alerts
+    store.release.set()
+    assert await asyncio.wait_for(tick, timeout=10)  # its snapshot was empty
+    # The commit stage's delivery, before it commits the batch's position: the alert must go out.
+    assert await delivery.deliver(force=True)
+    assert [a.kind for a in sink.sent] == ["new"]
+    assert await store.pending_alerts(10) == []
+
+
+async def test_stopping_with_dead_letters_undelivered_exits_1_and_says_so() -> None:
+    """A stop while the dead-letter destination refuses everything (``jsonl:/dev/full``) used to exit 0 with the
+    poison batch uncommitted; something is left undone, so it exits 1, as undelivered alerts do, and logs it."""
+    from structlog.testing import capture_logs
+
+    dead = FlakyDeadLetters(failures=10_000)
+    source = ListSource([[b'{"records": "NetSupport"}']])
+    app = _app(source, RecordingSink(), dead_letters=dead)
+    app.delivery.backoff.first_s = 0.01
+    with capture_logs() as logs:
+        task = asyncio.create_task(app.run())
+        for _ in range(500):
+            if dead.attempts >= 2:
+                break
+            await asyncio.sleep(0.01)
+        app.stop()
+        assert await asyncio.wait_for(task, timeout=20) == 1
+    assert source.commits == []
+    [line] = [x for x in logs if x["event"] == "undelivered_dead_letters"]
+    assert (line["log_level"], line["letters"], line["destination"]) == ("error", 1, "flaky")
+
+
+class FailsThenHangs(RecordingSink):
+    """A sink that refuses its first ``failures`` sends at once, then hangs (an endpoint gone into a black hole)."""
+
+    async def send(self, alerts: Sequence[Alert]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise SinkError("refused")
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("failures", [0, 1], ids=["hangs from the start", "fails, then hangs in the drain"])
+async def test_a_finished_replay_exits_within_the_shutdown_timeout_whatever_the_sink_does(failures: int) -> None:
+    """The source is exhausted while the sink hangs: the last batch's delivery and the drain's used to wait for the
+    sink (a webhook: its own 30 s deadline per delivery, 51.5 s to exit with a 3 s timeout). Now what is left ends
+    within the shutdown timeout (plus the bounded closes), exit 1, the alert in the outbox, nothing committed."""
+    store = MemoryStore([RULE])
+    source = ListSource([[envelope(row(device="a"))]])
+    app = _app(source, FailsThenHangs(failures), store, shutdown_timeout_s=0.5)
+    app.delivery.backoff.first_s = 0.01
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(app.run(), timeout=30) == 1
+    assert asyncio.get_running_loop().time() - started < 0.5 + 5 * 2 + 5, "bounded by the timeout and the closes"
+    assert [a.kind for a in await store.pending_alerts(10)] == ["new"]
+    assert source.commits == []

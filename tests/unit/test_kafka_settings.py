@@ -86,3 +86,39 @@ def test_the_confluent_source_refuses_unsupported_settings_before_starting() -> 
 def test_settings_repr_hides_the_password() -> None:
     settings = settings_from_config(RunConfig(source="kafka", eventhubs_connection_string=CONNECTION))
     assert "c2VjcmV0" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("kafka_security_protocol", "SASL_PLAINTEXT"),
+        ("kafka_sasl_mechanism", "SCRAM-SHA-512"),
+        ("kafka_sasl_username", "alice"),
+        ("kafka_sasl_password", "hunter2-not-shown"),
+        ("kafka_oauth_token_provider", "tokens:provider"),
+        ("kafka_ssl_cert_file", "/client.pem"),
+        ("kafka_ssl_key_file", "/client.key"),
+    ],
+)
+def test_an_option_the_event_hubs_preset_overrides_is_refused_not_ignored(option: str, value: str) -> None:
+    """The preset decides these; given with another value they used to be dropped without a word."""
+    config = RunConfig(source="kafka", eventhubs_connection_string=CONNECTION, **{option: value})
+    with pytest.raises(ConfigError) as caught:
+        settings_from_config(config)
+    message = str(caught.value)
+    assert "--" + option.replace("_", "-") in message and "--eventhubs-connection-string" in message
+    assert "hunter2" not in message and "c2VjcmV0" not in message
+
+
+def test_what_agrees_with_the_event_hubs_preset_is_accepted_and_a_session_timeout_is_kept() -> None:
+    config = RunConfig(
+        source="kafka",
+        eventhubs_connection_string=CONNECTION,
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_username=EVENTHUBS_USERNAME,
+        kafka_session_timeout_ms=45_000,
+    )
+    settings = settings_from_config(config)
+    assert (settings.security_protocol, settings.session_timeout_ms) == ("SASL_SSL", 45_000)
+    default = settings_from_config(RunConfig(source="kafka", eventhubs_connection_string=CONNECTION))
+    assert default.session_timeout_ms == 30_000

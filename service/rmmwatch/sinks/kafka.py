@@ -7,6 +7,9 @@ the brokers confirmed every record (then the outbox marks them sent).
 
 Dead letters: the original bytes, with headers ``rmmwatch-reason``, ``rmmwatch-detail``,
 ``rmmwatch-record`` and the origin (``rmmwatch-source-topic``, ``-partition``, ``-offset``).
+A payload larger than a record may be (the producer's 1 MiB request, or a smaller limit the
+topic sets) is cut, with ``rmmwatch-payload-truncated`` = its full size: an oversized poison
+message must not hold its partition forever because its dead letter can never be produced.
 """
 
 from __future__ import annotations
@@ -18,12 +21,29 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, UnknownTopicOrPartitionError
 
 from rmmwatch.alerts import Alert
 from rmmwatch.kafka_settings import KafkaSettings, describe_error
+from rmmwatch.logging import get_logger
 from rmmwatch.model import DeadLetter
 from rmmwatch.sinks.base import SinkError
+
+log = get_logger("rmmwatch.sinks.kafka")
+
+#: A dead letter's payload is cut to this at first: well under the producer's 1 MiB request
+#: (headers and the record batch's framing fit beside it) and under the brokers' default
+#: message.max.bytes. A topic that takes less halves it, down to ``_MIN_DEAD_LETTER_BYTES``.
+DEAD_LETTER_PAYLOAD_BYTES = 512 * 1024
+_MIN_DEAD_LETTER_BYTES = 1024
+
+
+#: A record to produce: key, value, headers.
+Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+class RecordTooLarge(SinkError):
+    """The producer or the brokers refused a record for its size (retrying it unchanged cannot succeed)."""
 
 
 class _TopicProducer:
@@ -64,7 +84,7 @@ class _TopicProducer:
             raise SinkError(f"kafka {self.what}: {problem}: {describe_error(exc)}") from None
         self._producer = producer
 
-    async def produce(self, records: Sequence[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> None:
+    async def produce(self, records: Sequence[Record]) -> None:
         producer = self._producer
         if producer is None:
             raise SinkError(f"kafka {self.what} is not open")
@@ -74,6 +94,8 @@ class _TopicProducer:
                 for key, value, headers in records
             ]
             await asyncio.gather(*futures)
+        except MessageSizeTooLargeError as exc:
+            raise RecordTooLarge(f"kafka {self.what} {self.topic}: {describe_error(exc)}") from None
         except KafkaError as exc:
             raise SinkError(f"kafka {self.what} {self.topic}: {describe_error(exc)}") from None
 
@@ -110,13 +132,32 @@ class KafkaDeadLetters(_TopicProducer):
 
     what = "dead-letter topic"
 
+    def __init__(self, settings: KafkaSettings, topic: str) -> None:
+        super().__init__(settings, topic)
+        self.payload_limit = DEAD_LETTER_PAYLOAD_BYTES
+
     async def send(self, letters: Sequence[DeadLetter]) -> None:
-        records = []
+        try:
+            await self.produce(self._records(letters))
+        except RecordTooLarge:
+            if self.payload_limit <= _MIN_DEAD_LETTER_BYTES:
+                raise
+            # The topic takes less than the producer (its max.message.bytes): cut more on the retry.
+            self.payload_limit = max(_MIN_DEAD_LETTER_BYTES, self.payload_limit // 2)
+            log.warning("dead_letter_too_large", topic=self.topic, payload_limit=self.payload_limit)
+            raise
+
+    def _records(self, letters: Sequence[DeadLetter]) -> list[Record]:
+        records: list[Record] = []
         for letter in letters:
             headers = [
                 ("rmmwatch-reason", letter.reason.encode()),
                 ("rmmwatch-detail", letter.detail.encode()[:1000]),
             ]
+            payload = letter.payload
+            if len(payload) > self.payload_limit:
+                headers.append(("rmmwatch-payload-truncated", str(len(payload)).encode()))
+                payload = payload[: self.payload_limit]
             if letter.record is not None:
                 headers.append(("rmmwatch-record", str(letter.record).encode()))
             origin = letter.origin
@@ -128,5 +169,5 @@ class KafkaDeadLetters(_TopicProducer):
                 ]
             else:
                 headers.append(("rmmwatch-origin", orjson.dumps(origin)))
-            records.append((None, letter.payload, headers))
-        await self.produce(records)
+            records.append((None, payload, headers))
+        return records
