@@ -11,7 +11,7 @@ SERVICES := scripts/services/all.sh
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: help install run test test-unit lint lint-python lint-deploy format bench bench-core bench-kafka bench-redis bench-eventhub services-start services-stop clean lock bench-compare
+.PHONY: help install run test test-unit lint lint-python lint-deploy format bench bench-core bench-kafka bench-redis bench-eventhub services-start services-stop clean lock bench-compare image
 
 help:  ## show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,11 +47,15 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 test-unit: $(STAMP)  ## the tests that need no services
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
-test: $(STAMP) lint  ## lint, start the real services on 127.0.0.1, run every test, stop the services
+test: $(STAMP) lint  ## lint, build the image, start the real services on 127.0.0.1, run every test, stop the services
 	@trap '$(SERVICES) stop >/dev/null 2>&1 || true' EXIT; \
+	  export RMMWATCH_TEST_IMAGE="$$(scripts/image/build.sh rmmwatch:test)"; \
 	  $(SERVICES) start; \
 	  set -a; source .services/env; set +a; \
 	  RMMWATCH_REQUIRE_SERVICES=1 $(BIN)/pytest $(PYTEST_ARGS)
+
+image:  ## build the Dockerfile: docker build where an engine answers, else buildah (a stand-in base when none can be pulled)
+	scripts/image/build.sh
 
 bench-core: $(STAMP)  ## decode+match hot path on one core (records/s, MB/s)
 	$(BIN)/python -m load.bench_core
