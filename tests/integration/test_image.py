@@ -11,6 +11,7 @@ container's filesystem changed outside ``/tmp`` (the state directory is a volume
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -68,21 +69,39 @@ def _snapshot(root: Path) -> dict[str, Entry]:
 
 
 class Container:
-    """A working container of the image, its root filesystem on the host, and what it held at first."""
+    """A working container of the image, its root filesystem on the host, and what it held at first.
+
+    ``run(ARGS)`` is ``docker run IMAGE ARGS``: the image's entrypoint with ARGS (its CMD without), as its
+    own user and working directory; ``exec(ARGV)`` runs another program in it (``id``, the health check)."""
 
     def __init__(self, image: str) -> None:
+        config = json.loads(_buildah("inspect", "--type", "image", image))["Docker"]["config"]
+        self.entrypoint: list[str] = config.get("Entrypoint") or []
+        self.cmd: list[str] = config.get("Cmd") or []
+        self.user: str = config.get("User", "")
+        self.healthcheck: list[str] = (config.get("Healthcheck") or {}).get("Test", [])
         self.name = f"rmmwatch-test-{uuid.uuid4().hex[:10]}"
         _buildah("from", "--pull=never", "--name", self.name, image)
         self.root = Path(_buildah("mount", self.name))
         _buildah("copy", "--chown", "10001:10001", self.name, str(FIXTURES), "/tmp/fixtures")
         self.before = _snapshot(self.root)
 
-    def command(self, *args: str) -> list[str]:
-        return [*BUILDAH, "run", "--isolation", "chroot", "--network", "host", "--user", "10001:10001", self.name,
-                "--", *args]  # fmt: skip
+    def command(self, argv: list[str], env: dict[str, str] | None = None, workdir: str | None = None) -> list[str]:
+        options = ["--isolation", "chroot", "--network", "host"]
+        options += [f"--env={key}={value}" for key, value in (env or {}).items()]
+        options += ["--workingdir", workdir] if workdir else []
+        return [*BUILDAH, "run", *options, self.name, "--", *argv]
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(self.command(*args), capture_output=True, timeout=timeout, check=False)
+    def image_argv(self, *args: str) -> list[str]:
+        return [*self.entrypoint, *(args or self.cmd)]
+
+    def run(self, *args: str, workdir: str | None = None) -> subprocess.CompletedProcess[bytes]:
+        return self.exec(*self.image_argv(*args), workdir=workdir)
+
+    def exec(
+        self, *argv: str, env: dict[str, str] | None = None, workdir: str | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(self.command(list(argv), env, workdir), capture_output=True, timeout=120, check=False)
 
     def written_outside_tmp(self) -> list[str]:
         after = _snapshot(self.root)
@@ -115,19 +134,15 @@ def _version() -> str:
 
 
 def test_the_image_runs_as_uid_10001_and_says_its_version(container: Container) -> None:
-    result = container.run("rmmwatch", "--version")
+    assert container.user == "10001:10001"
+    result = container.run("--version")
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert result.stdout.decode().strip() == f"rmmwatch {_version()}"
-    ids = container.run("id", "-u")
-    assert ids.stdout.decode().strip() == "10001"
-    config = _buildah(
-        "inspect", "--type", "image", "--format", "{{.Docker.Config.User}}", service_env("RMMWATCH_TEST_IMAGE")
-    )
-    assert config == "10001:10001", "the image itself says UID 10001, not only this test"
+    assert container.exec("id", "-u").stdout.decode().strip() == "10001", "the image's own user, not --user"
 
 
 def test_the_bundled_rules_check_inside_the_image(container: Container) -> None:
-    inside = container.run("rmmwatch", "rules", "check")
+    inside = container.run("rules", "check")
     assert inside.returncode == 0, inside.stderr.decode()[-2000:]
     outside = subprocess.run(["rmmwatch", "rules", "check"], capture_output=True, timeout=120, check=False)
     assert inside.stdout == outside.stdout, "the image bundles the same rules as the source tree"
@@ -142,12 +157,10 @@ def test_the_bundled_rules_check_inside_the_image(container: Container) -> None:
 def test_hunt_inside_equals_hunt_outside_byte_for_byte(
     container: Container, name: str, output: str, rules: tuple[str, ...]
 ) -> None:
-    arguments = ["hunt", "--now", NOW, "--format", output, "--quiet", *rules]
-    inside = container.run("sh", "-c", f'cd /tmp/fixtures && exec rmmwatch {" ".join(arguments)} "$0"', name)
+    arguments = ["hunt", "--now", NOW, "--format", output, "--quiet", *rules, name]
+    inside = container.run(*arguments, workdir="/tmp/fixtures")
     assert inside.returncode == 0, inside.stderr.decode()[-2000:]
-    outside = subprocess.run(
-        ["rmmwatch", *arguments, name], cwd=FIXTURES, capture_output=True, timeout=120, check=False
-    )
+    outside = subprocess.run(["rmmwatch", *arguments], cwd=FIXTURES, capture_output=True, timeout=120, check=False)
     assert outside.returncode == 0, outside.stderr.decode()[-2000:]
     assert inside.stdout == outside.stdout
     assert b"fin-ws-042.corp.example" in inside.stdout, "the fixtures' NetSupport device was found"
@@ -175,12 +188,13 @@ def _service_pid(port: int) -> int:
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
             owner = (entry / "status").read_text()
         except OSError:
             continue
         if (
             argv[0].endswith(b"/opt/rmmwatch/bin/python")
-            and str(port).encode() in argv
+            and f"RMMWATCH_METRICS_PORT={port}".encode() in environ
             and re.search(r"^Uid:\s+10001\s", owner, re.MULTILINE)
         ):
             return int(entry.name)
@@ -188,13 +202,13 @@ def _service_pid(port: int) -> int:
 
 
 def test_run_serves_health_and_metrics_and_sigterm_ends_it_with_exit_0(container: Container) -> None:
-    """``run`` on the synthetic source, with the image's defaults (state in its volume); SIGTERM to the
+    """The image's entrypoint and CMD (``run``: the synthetic source, state in the volume, every default the
+    image sets), the port moved by its environment variable; the image's HEALTHCHECK passes; SIGTERM to the
     service itself (buildah run kills its child on SIGTERM rather than forwarding it, unlike a runtime)."""
     port = _free_port()
+    env = {"RMMWATCH_METRICS_HOST": "127.0.0.1", "RMMWATCH_METRICS_PORT": str(port)}
     process = subprocess.Popen(
-        container.command("rmmwatch", "run", "--metrics-host", "127.0.0.1", "--metrics-port", str(port)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        container.command(container.image_argv(), env), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         answers: dict[str, tuple[int, bytes]] = {}
@@ -215,6 +229,9 @@ def test_run_serves_health_and_metrics_and_sigterm_ends_it_with_exit_0(container
             "/metrics": 200,
         }
         assert b"rmmwatch_messages_total" in answers["/metrics"][1]
+        assert container.healthcheck[:1] == ["CMD"], container.healthcheck
+        health = container.exec(*container.healthcheck[1:], env=env)
+        assert health.returncode == 0, f"the image's HEALTHCHECK: {health.stderr.decode()[-2000:]}"
         os.kill(_service_pid(port), signal.SIGTERM)
         _, stderr = process.communicate(timeout=120)
     finally:
