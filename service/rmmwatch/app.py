@@ -114,6 +114,7 @@ class App:
         self._last_stats = 0.0
         self._store_ok = False
         self._failed = False
+        self._reported_undelivered = False  # the "undelivered_alerts" line is written once
         # One thread, always the same: the prefilter's scratch space belongs to one thread at a time.
         self._detect_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmmwatch-detect")
 
@@ -181,6 +182,8 @@ class App:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
+            if self.delivery.pending:
+                self._report_undelivered()
             return 1
 
     async def _open(self) -> None:
@@ -237,13 +240,18 @@ class App:
                 return 0
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.shutdown.requested.is_set():
-                log.error(
-                    "undelivered_alerts",
-                    pending=self.delivery.pending,
-                    note="they stay in the outbox (sqlite/redis) and are delivered by the next run",
-                )
+                self._report_undelivered()
                 return 1
             await self.shutdown.sleep(min(remaining, max(0.01, self.delivery.due_in())))
+
+    def _report_undelivered(self) -> None:
+        if not self._reported_undelivered:
+            self._reported_undelivered = True
+            log.error(
+                "undelivered_alerts",
+                pending=self.delivery.pending,
+                note="they stay in the outbox (sqlite/redis) and are delivered by the next run",
+            )
 
     # -- the loop -------------------------------------------------------------------------
     async def _loop(self) -> None:

@@ -27,6 +27,9 @@ from rmmwatch.logging import get_logger
 
 log = get_logger("rmmwatch.app")
 
+#: After a loop that ended by itself, how long past the deadline a hung delivery is cancelled.
+FINISH_GRACE_S = 1.0
+
 #: Signals that stop the service gracefully.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -59,16 +62,18 @@ class Shutdown:
 
     def finishing(self) -> None:
         """The loop ended by itself (a replay is exhausted, the source failed): delivering and committing what is
-        left gets the same deadline as a stop, so a sink that hangs cannot hold the exit past the timeout."""
-        self._arm()
+        left gets the same deadline as a stop, so a sink that hangs cannot hold the exit past the timeout. The
+        drain retries up to the deadline and ends by itself; the cancellation comes :data:`FINISH_GRACE_S`
+        later, for a delivery that hangs past it."""
+        self._arm(FINISH_GRACE_S)
 
-    def _arm(self) -> None:
+    def _arm(self, grace_s: float = 0.0) -> None:
         if self._deadline is not None:
             return
         self._deadline = time.monotonic() + self.timeout_s
         with suppress(RuntimeError):
             loop = asyncio.get_running_loop()
-            self._watchdog = loop.call_later(self.timeout_s, self._force, "shutdown_timeout")
+            self._watchdog = loop.call_later(self.timeout_s + grace_s, self._force, "shutdown_timeout")
 
     def closing(self) -> None:
         """The loop is over: what remains (closing the parts) is bounded on its own and is not cancelled."""

@@ -135,8 +135,10 @@ def test_no_exclusions_alerts_on_what_the_rules_exclude(tmp_path: Path) -> None:
 
 def test_max_message_bytes_dead_letters_oversized_input_to_a_jsonl_file(tmp_path: Path) -> None:
     """A message above --max-message-bytes is logged as 'oversized' (--dead-letter log, the default) or written to
-    --dead-letter jsonl:PATH; a replayed line that long is kept as its first limit + 1 bytes (a line is held only up
-    to the limit), with its real size in the detail; the messages around it are still read and alerted."""
+    --dead-letter jsonl:PATH; a replayed line that long and one JSON object is split into its elements (an Event
+    Hubs body with many records would be), and its one record, over the limit too, is kept as its first limit + 1
+    bytes (an element is held only up to the limit), with its real size in the detail; the messages around it are
+    still read and alerted."""
     small = _alerting(2, prefix="ok")
     large = envelope(row(device="big", ticks=time.time_ns() // 100, AccountName="x" * 3000))
     limit = max(len(m) for m in small) + 100
@@ -152,8 +154,10 @@ def test_max_message_bytes_dead_letters_oversized_input_to_a_jsonl_file(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     [letter] = [orjson.loads(line) for line in letters.read_bytes().splitlines()]
     assert letter["reason"] == "oversized"
-    assert base64.b64decode(letter["payload_base64"]) == large[: limit + 1]
-    assert f"{len(large)} bytes is over the {limit}-byte limit" in letter["detail"]
+    record = large[len(b'{"records":[') : -len(b"]}")]
+    assert record.startswith(b'{"time":') and record.endswith(b"}}"), "the record, as the line holds it"
+    assert base64.b64decode(letter["payload_base64"]) == record[: limit + 1]
+    assert f"{len(record)} bytes is over the {limit}-byte limit" in letter["detail"]
     assert sorted(d["group"]["DeviceId"] for d in _alerts(tmp_path / "a.jsonl")) == ["ok-0", "ok-1"]
 
 

@@ -378,6 +378,8 @@ class DocumentFramer:
     def _frame(self, text: bytes, first: int) -> Frame:
         raw = bytes(self._buffer[first : first + 64])
         line = self._line_at(first + len(raw) - len(raw.lstrip()))
+        if len(text) > self.limit:  # read in one piece, so not bounded on the way: kept as its prefix, as then
+            text = Oversized(text[: self.limit + 1], len(text))
         return Frame(text, line, self.start, self.start_line - 1)
 
     # -- memory -----------------------------------------------------------------------------
