@@ -11,8 +11,10 @@
 # scripts/check_dockerfile.sh lints this file and replays its install and entrypoint steps
 # in a virtualenv; keep the two in step.
 #
-# linux/amd64 only: requirements/runtime.txt pins the hyperscan wheel, which is published
-# for manylinux x86_64 only.
+# linux/amd64 and linux/arm64: every pin in requirements/runtime.txt has a wheel for both
+# (scripts/check_dockerfile.sh checks it); the prefilter is Hyperscan on amd64 and Vectorscan
+# (the same hyperscan package) on arm64, e.g.
+#   docker buildx build --platform linux/amd64,linux/arm64 -t rmmwatch:0.1.0 .
 #
 # The base image is pinned by tag. Pin it by digest as well
 # (python:3.11-slim-bookworm@sha256:...) where the registry can be reached: the digest

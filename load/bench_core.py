@@ -34,7 +34,7 @@ from rmmwatch.events import Detector
 from rmmwatch.rules import Rule, load_rules, parse_rule
 from rmmwatch.synthetic import Generator, GeneratorConfig
 
-ENGINES = ("hyperscan", "python")
+ENGINES = ("hyperscan", "ahocorasick", "python")
 
 
 def measure(messages: list[bytes], records: int, engine: str, rounds: int) -> tuple[float, float, list[float]]:

@@ -4,6 +4,7 @@
 #   1. hadolint, failing on any finding at all (style included); an inline
 #      `# hadolint ignore=DLxxxx` must sit under a comment line giving the reason, and
 #      `# hadolint global ignore` is refused.
+#   1b. every pinned runtime requirement has a wheel for linux/amd64 and linux/arm64;
 #   2. A replay of the image in a temp dir laid out like the image's filesystem
 #      (<tmp>/root/opt/rmmwatch, <tmp>/root/var/lib/rmmwatch, ...): the build context is
 #      copied through .dockerignore, the builder stage's COPY and RUN steps run as written
@@ -87,6 +88,20 @@ for message in bad:
 sys.exit(1 if bad else 0)
 PY
 echo "hadolint: clean"
+
+# -- 1b. both architectures ---------------------------------------------------------------
+# The image is built for linux/amd64 and linux/arm64: every pinned runtime requirement must
+# have a CPython 3.11 wheel for each (a source build would need compilers and, for hyperscan,
+# the library). pip resolves the pins for the target platform, wheels only; markers are
+# evaluated for this machine, which is Linux as the image is.
+for arch in x86_64 aarch64; do
+  say "runtime wheels for linux/$arch"
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 --implementation cp \
+    --platform "manylinux_2_28_$arch" --platform "manylinux_2_17_$arch" --platform "manylinux2014_$arch" \
+    --platform "linux_$arch" -d "$TMP/wheels-$arch" -r requirements/runtime.txt \
+    || die "a pinned runtime requirement has no CPython 3.11 wheel for linux/$arch"
+  echo "$(find "$TMP/wheels-$arch" -name '*.whl' | wc -l) wheels"
+done
 
 # -- 2. the replay ------------------------------------------------------------------------
 say "replaying the image build and entrypoint in $TMP (python: $PY)"

@@ -297,7 +297,10 @@ class RunConfig:
     )
     log_format: str = option("json | console", "json", choices=("json", "console"), group="operations")
     prefilter: str = option(
-        "byte prefilter engine", "auto", choices=("auto", "hyperscan", "python"), group="operations"
+        "byte prefilter engine (auto: hyperscan, else ahocorasick, else python)",
+        "auto",
+        choices=("auto", "hyperscan", "ahocorasick", "python"),
+        group="operations",
     )
     shutdown_timeout: float = option("seconds to drain the in-flight batch on SIGTERM", 25.0, group="operations")
 

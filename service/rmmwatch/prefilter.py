@@ -32,11 +32,13 @@ longer contains the shorter). And escapes are found in two steps: the scan looks
 exact escaped characters (most encoders write none; .NET's writes a few, and escapes of
 characters no rule needs, such as ``\\u0027``, then wake nothing).
 
-Two engines give the same answers: Hyperscan (one vectorised pass for every pattern,
-used when the ``hyperscan`` package imports) and a pure-Python fallback over
-``bytes.lower()``: one ``in`` per literal for up to :data:`FEW_LITERALS` literals (cheaper
-than one regular expression at that size, measured), else one pass of one regular
-expression over every literal. Tests check they agree with each other and with ``off``.
+Three engines give the same answers: Hyperscan (one vectorised pass for every pattern, x86-64
+only: its wheel is); Aho-Corasick (``ahocorasick-rs``, a Rust automaton with wheels for x86-64
+and arm64: one pass over ``bytes.lower()`` for every pattern, overlapping matches included);
+and a pure-Python fallback over ``bytes.lower()``: one ``in`` per literal for up to
+:data:`FEW_LITERALS` literals (cheaper than one regular expression at that size, measured),
+else one pass of one regular expression over every literal. ``auto`` takes the first that
+imports, in that order. Tests check they agree with each other and with ``off``.
 """
 
 from __future__ import annotations
@@ -117,6 +119,13 @@ class Prefilter:
                 return
             if engine == "hyperscan":
                 raise RuntimeError("the hyperscan prefilter engine was requested but hyperscan does not import")
+        if engine in ("auto", "ahocorasick"):
+            scan = _ahocorasick_scan(literals, specials, self.always, wakeable, self._escaped_mask)
+            if scan is not None:
+                self._scan, self.engine = scan, "ahocorasick"
+                return
+            if engine == "ahocorasick":
+                raise RuntimeError("the ahocorasick prefilter engine was requested but ahocorasick_rs does not import")
         self._scan, self.engine = _python_scan(literals, escapes, specials, self.always, wakeable), "python"
 
     def scan(self, raw: bytes) -> Mask:
@@ -255,6 +264,38 @@ def _hyperscan_scan(
             return always | state[0]
         woken = state[0]
         if state[1]:
+            woken |= escaped_mask(raw)
+        return always | woken
+
+    return test
+
+
+def _ahocorasick_scan(
+    literals: dict[bytes, Mask],
+    specials: dict[bytes, Mask],
+    always: Mask,
+    wakeable: Mask,
+    escaped_mask: Callable[[bytes], Mask],
+) -> Callable[[bytes], Mask] | None:
+    try:
+        import ahocorasick_rs  # noqa: PLC0415  (optional accelerator)
+    except ImportError:
+        return None
+    # The same patterns as Hyperscan's, searched in the lowercased message: the literals (lowercase
+    # already), the escape start, and the special characters (their raw UTF-8, which lowercasing leaves
+    # as it is, and their escapes, lowercase like the message). Overlapping matches: a literal that
+    # overlaps another's occurrence is still found.
+    patterns = [*literals, _ESCAPE_START, *(special.lower() for special in specials)]
+    masks = [*literals.values(), 0, *specials.values()]
+    escape_id = len(literals)
+    find = ahocorasick_rs.BytesAhoCorasick(patterns).find_matches_as_indexes
+
+    def test(raw: bytes) -> Mask:
+        found = {index for index, _, _ in find(raw.lower(), overlapping=True)}
+        woken = 0
+        for index in found:
+            woken |= masks[index]
+        if escape_id in found and woken != wakeable:
             woken |= escaped_mask(raw)
         return always | woken
 

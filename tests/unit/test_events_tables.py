@@ -23,7 +23,7 @@ from rmmwatch.rules import Rule, load_rules
 from rmmwatch.synthetic import Generator, GeneratorConfig
 from tests.helpers import CERTIFICATE, NETWORK, PROCESS, T0, certificate_row, mixed, network_row, row, rule
 
-ENGINES = ["python", "auto", "off"]
+ENGINES = ["python", "ahocorasick", "auto", "off"]
 
 # Rules that test columns two tables share: the table alone must keep them apart.
 PROCESS_COMPANY = rule(

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from rmmwatch.prefilter import FEW_LITERALS, Prefilter
 
-ENGINES = ["python", "hyperscan"]
+ENGINES = ["python", "hyperscan", "ahocorasick"]
 
 # A: anydesk, B: anydesk.com (contains A's literal), C: teamviewer, D: no literal, E: never true.
 RULES = [frozenset({"AnyDesk"}), frozenset({"anydesk.com"}), frozenset({"TeamViewer"}), None, frozenset()]
@@ -102,6 +102,7 @@ def test_engines_agree_and_never_miss_a_literal(shortest: int, data: st.DataObje
     prefilter = Prefilter(rules, engine="python")
     python = prefilter.scan(message)
     assert Prefilter(rules, engine="hyperscan").scan(message) == python
+    assert Prefilter(rules, engine="ahocorasick").scan(message) == python
     low = message.lower()
     for index, required in enumerate(rules):
         if any(piece.encode() in low for piece in required):
