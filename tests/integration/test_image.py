@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import service_env
+from tests.integration.conftest import RMMWATCH
 
 pytestmark = pytest.mark.integration
 
@@ -144,7 +145,7 @@ def test_the_image_runs_as_uid_10001_and_says_its_version(container: Container) 
 def test_the_bundled_rules_check_inside_the_image(container: Container) -> None:
     inside = container.run("rules", "check")
     assert inside.returncode == 0, inside.stderr.decode()[-2000:]
-    outside = subprocess.run(["rmmwatch", "rules", "check"], capture_output=True, timeout=120, check=False)
+    outside = subprocess.run([*RMMWATCH, "rules", "check"], capture_output=True, timeout=120, check=False)
     assert inside.stdout == outside.stdout, "the image bundles the same rules as the source tree"
 
 
@@ -160,7 +161,7 @@ def test_hunt_inside_equals_hunt_outside_byte_for_byte(
     arguments = ["hunt", "--now", NOW, "--format", output, "--quiet", *rules, name]
     inside = container.run(*arguments, workdir="/tmp/fixtures")
     assert inside.returncode == 0, inside.stderr.decode()[-2000:]
-    outside = subprocess.run(["rmmwatch", *arguments], cwd=FIXTURES, capture_output=True, timeout=120, check=False)
+    outside = subprocess.run([*RMMWATCH, *arguments], cwd=FIXTURES, capture_output=True, timeout=120, check=False)
     assert outside.returncode == 0, outside.stderr.decode()[-2000:]
     assert inside.stdout == outside.stdout
     assert b"fin-ws-042.corp.example" in inside.stdout, "the fixtures' NetSupport device was found"
