@@ -25,7 +25,7 @@
 # has them, else from a venv under the cache (pip, pinned below). Step 8: etcd,
 # kube-apiserver (and kubectl when none is on PATH) and the CRDs from
 # scripts/tools/kube.sh, cached (a cold build takes a few minutes, ~2 GB of memory).
-# RMMWATCH_SKIP_KUBE_SERVER=1 skips step 8, saying so; the check then does not pass as a
+# KUBECTL=<path> picks the kubectl. RMMWATCH_SKIP_KUBE_SERVER=1 skips step 8, saying so; the check then does not pass as a
 # whole: it exits 3.
 set -euo pipefail
 
@@ -309,12 +309,12 @@ else
     local kubectl kube_env started=$SECONDS
     kube_env="$(scripts/tools/kube.sh)" || { fail "scripts/tools/kube.sh could not build the API server"; return; }
     eval "$kube_env"
-    kubectl="$(command -v kubectl || echo "$KUBE_BIN/kubectl")"
+    kubectl="${KUBECTL:-$(command -v kubectl || echo "$KUBE_BIN/kubectl")}"
     [[ -x "$kubectl" ]] || { fail "no kubectl (scripts/tools/kube.sh builds one when none is on PATH)"; return; }
     # Every call is bounded: a wedged server fails the check rather than hanging it.
     k() { timeout --kill-after=10 120 "$kubectl" --request-timeout=60s "$@"; }
     kube_server_start "$TMP/kube" || { fail "could not start etcd + kube-apiserver"; return; }
-    echo "server: $("$KUBE_BIN/kube-apiserver" --version), etcd $("$KUBE_BIN/etcd" --version | awk 'NR == 1 {print $3}'), ready in $((SECONDS - started))s;" \
+    echo "server:  $("$KUBE_BIN/kube-apiserver" --version), etcd $("$KUBE_BIN/etcd" --version | awk 'NR == 1 {print $3}'), ready in $((SECONDS - started))s;" \
       "kubectl $("$kubectl" version --client -o json | sed -n 's/.*"gitVersion": "\([^"]*\)".*/\1/p' | head -n 1)"
     # The CRDs are applied for real (create, not apply: the prometheus-operator ones are
     # larger than the annotation client-side apply keeps) and must be Established before
@@ -333,8 +333,21 @@ else
       k create namespace "$ns" >/dev/null || { fail "could not create namespace $ns"; return; }
     done
 
-    local rendered name out objects accepted
-    for rendered in "$TMP"/rendered/*.yaml; do
+    # Rendered again for this server: its version (Chart.yaml's kubeVersion is checked
+    # against it, and .Capabilities.KubeVersion is what an install here would see; helm
+    # template's default is its own client-go's) and the CRD groups it serves.
+    local kube_version case file args rendered name out objects accepted
+    kube_version="$("$KUBE_BIN/kube-apiserver" --version | awk '{print $2}')"
+    mkdir -p "$TMP/server"
+    for case in "${CASES[@]}"; do
+      name=${case%%:*} file=${case#*:}
+      args=()
+      [[ -n "$file" ]] && args=(-f "$file")
+      "$HELM" template "$RELEASE" "$CHART" -n "$NAMESPACE" "${args[@]}" --kube-version "$kube_version" \
+        --api-versions monitoring.coreos.com/v1 --api-versions keda.sh/v1alpha1 >"$TMP/server/$name.yaml" 2>"$TMP/err" ||
+        { cat "$TMP/err" >&2; fail "helm template --kube-version $kube_version ($name)"; rm -f "$TMP/server/$name.yaml"; }
+    done
+    for rendered in "$TMP"/server/*.yaml; do
       name="$(basename "$rendered" .yaml)"
       objects="$(grep -c '^kind:' "$rendered")"
       if out="$(k apply --dry-run=server --validate=strict -n "$NAMESPACE" -f "$rendered" 2>&1)"; then
@@ -363,7 +376,8 @@ else
       if [[ "$file" == *-values.yaml ]]; then
         manifest="$TMP/server-bad-$(basename "$file")"
         if ! "$HELM" lint --strict "$CHART" -f "$file" >"$TMP/err" 2>&1 ||
-            ! "$HELM" template "$RELEASE" "$CHART" -n "$NAMESPACE" -f "$file" >"$manifest" 2>>"$TMP/err"; then
+            ! "$HELM" template "$RELEASE" "$CHART" -n "$NAMESPACE" -f "$file" --kube-version "$kube_version" \
+              --api-versions monitoring.coreos.com/v1 --api-versions keda.sh/v1alpha1 >"$manifest" 2>>"$TMP/err"; then
           cat "$TMP/err" >&2
           fail "$file must pass helm lint --strict and render (only the server may refuse it)"
           continue

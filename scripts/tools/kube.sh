@@ -116,8 +116,9 @@ fi
 # k8s.io/* staging module with ./staging/src/..., which a dependent cannot see, and
 # requires them at v0.0.0. The wrapper replaces each of them with its published version
 # (Kubernetes v1.X.Y <-> staging v0.X.Y), read from the kubernetes go.mod itself.
-build_kube() { # name version-check-arg
+build_kube() { # name version-check-args...
   local name=$1 dir gomod staging ldflags
+  shift
   need_go "$name"
   dir="$BUILD/kubernetes-$KUBE_VERSION"
   staging="v0.${KUBE_VERSION#v1.}"
@@ -177,14 +178,14 @@ GO
   done
   rm -f "$BIN/$name" "$BIN/.$name.version"
   run_logged "$name" sh -c "cd '$dir' && exec env GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0 '$GO' build -trimpath -ldflags='$ldflags' -o '$BIN/$name' ./cmd/$name"
-  "$BIN/$name" "$2" >/dev/null 2>&1 || die "$name was built but '$BIN/$name $2' fails"
+  timeout 60 "$BIN/$name" "$@" >/dev/null 2>&1 || die "$name was built but '$BIN/$name $*' fails"
   printf '%s r%s\n' "$KUBE_VERSION" "$RECIPE" >"$BIN/.$name.version"
 }
 cached kube-apiserver "$KUBE_VERSION" --version || build_kube kube-apiserver --version
 # kubectl: the one on PATH serves (server-side dry-run and field validation are done by
 # the server; an older client only warns about the skew); build one when there is none.
 if [[ "${RMMWATCH_BUILD_KUBECTL:-0}" == 1 ]] || ! command -v kubectl >/dev/null 2>&1; then
-  cached kubectl "$KUBE_VERSION" version --client || build_kube kubectl version
+  cached kubectl "$KUBE_VERSION" version --client || build_kube kubectl version --client
 fi
 
 # -- CRDs --------------------------------------------------------------------------------
