@@ -15,8 +15,9 @@
 #   8. a real API server (etcd + kube-apiserver on loopback, scripts/kube_server.sh) with
 #      the prometheus-operator and KEDA CRDs applied: every rendering must pass
 #      `kubectl apply --dry-run=server --validate=strict` (the server decodes, defaults,
-#      validates and admits each object, CRD schemas included, and stores nothing), and
-#      each ci/server-bad/*.yaml must be REJECTED with the message in its
+#      validates and admits each object, CRD schemas included, and stores nothing) with
+#      no warning, in namespaces under the "restricted" Pod Security Standard; and each
+#      ci/server-bad/*.yaml must be REJECTED (or warned about) with the message in its
 #      `# expect-error:` line.
 #
 # Usage: scripts/check_chart.sh   (from anywhere)
@@ -25,8 +26,8 @@
 # has them, else from a venv under the cache (pip, pinned below). Step 8: etcd,
 # kube-apiserver (and kubectl when none is on PATH) and the CRDs from
 # scripts/tools/kube.sh, cached (a cold build takes a few minutes, ~2 GB of memory).
-# KUBECTL=<path> picks the kubectl. RMMWATCH_SKIP_KUBE_SERVER=1 skips step 8, saying so; the check then does not pass as a
-# whole: it exits 3.
+# KUBECTL=<path> picks the kubectl. RMMWATCH_SKIP_KUBE_SERVER=1 skips step 8, saying
+# so; the check then does not pass as a whole: it exits 3.
 set -euo pipefail
 
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -327,10 +328,15 @@ else
       return
     fi
     echo "crds:    $(find "$KUBE_CRDS" -name '*.yaml' -printf '%f\n' | sed 's/\.yaml$//' | sort | paste -sd, -)"
-    # The release namespace and any other the renderings name (serviceMonitor.namespace, ...).
+    # The release namespace and any other the renderings name (serviceMonitor.namespace, ...),
+    # under the "restricted" Pod Security Standard: enforced for pods, and a warning for
+    # the pod template of a Deployment (no controller runs here to make its pods), which
+    # the loops below treat as a refusal. Any other server warning fails the check too.
     local ns
     for ns in $(printf '%s\n' "$NAMESPACE" $(sed -n 's/^  namespace: *//p' "$TMP"/rendered/*.yaml) | sort -u); do
-      k create namespace "$ns" >/dev/null || { fail "could not create namespace $ns"; return; }
+      { k create namespace "$ns" >/dev/null &&
+        k label namespace "$ns" pod-security.kubernetes.io/enforce=restricted \
+          pod-security.kubernetes.io/warn=restricted >/dev/null; } || { fail "could not create namespace $ns"; return; }
     done
 
     # Rendered again for this server: its version (Chart.yaml's kubeVersion is checked
@@ -352,7 +358,10 @@ else
       objects="$(grep -c '^kind:' "$rendered")"
       if out="$(k apply --dry-run=server --validate=strict -n "$NAMESPACE" -f "$rendered" 2>&1)"; then
         accepted="$(grep -c 'created (server dry run)' <<<"$out" || true)"
-        if ((accepted == objects)); then
+        if grep -q '^Warning:' <<<"$out"; then
+          grep '^Warning:' <<<"$out" >&2
+          fail "the API server warned about the $name rendering"
+        elif ((accepted == objects)); then
           echo "server   $name: $accepted/$objects objects accepted"
         else
           echo "$out" >&2
@@ -383,7 +392,8 @@ else
           continue
         fi
       fi
-      if out="$(k apply --dry-run=server --validate=strict -n "$NAMESPACE" -f "$manifest" 2>&1)"; then
+      if out="$(k apply --dry-run=server --validate=strict -n "$NAMESPACE" -f "$manifest" 2>&1)" &&
+          ! grep -q '^Warning:' <<<"$out"; then
         echo "$out" >&2
         fail "the API server accepted $file, but it must reject it with: $expected"
       elif grep -qF -- "$expected" <<<"$out"; then
