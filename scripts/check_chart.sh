@@ -313,7 +313,9 @@ else
     kubectl="${KUBECTL:-$(command -v kubectl || echo "$KUBE_BIN/kubectl")}"
     [[ -x "$kubectl" ]] || { fail "no kubectl (scripts/tools/kube.sh builds one when none is on PATH)"; return; }
     # Every call is bounded: a wedged server fails the check rather than hanging it.
-    k() { timeout --kill-after=10 120 "$kubectl" --request-timeout=60s "$@"; }
+    # --foreground keeps kubectl in our process group, so that Ctrl-C reaches it (and
+    # this shell, which runs its INT trap only once the foreground command has ended).
+    k() { timeout --foreground --kill-after=10 120 "$kubectl" --request-timeout=60s "$@"; }
     kube_server_start "$TMP/kube" || { fail "could not start etcd + kube-apiserver"; return; }
     echo "server:  $("$KUBE_BIN/kube-apiserver" --version), etcd $("$KUBE_BIN/etcd" --version | awk 'NR == 1 {print $3}'), ready in $((SECONDS - started))s;" \
       "kubectl $("$kubectl" version --client -o json | sed -n 's/.*"gitVersion": "\([^"]*\)".*/\1/p' | head -n 1)"
@@ -333,7 +335,7 @@ else
     # the pod template of a Deployment (no controller runs here to make its pods), which
     # the loops below treat as a refusal. Any other server warning fails the check too.
     local ns
-    for ns in $(printf '%s\n' "$NAMESPACE" $(sed -n 's/^  namespace: *//p' "$TMP"/rendered/*.yaml) | sort -u); do
+    for ns in $( { echo "$NAMESPACE"; sed -n 's/^  namespace: *//p' "$TMP"/rendered/*.yaml; } | sort -u); do
       { k create namespace "$ns" >/dev/null &&
         k label namespace "$ns" pod-security.kubernetes.io/enforce=restricted \
           pod-security.kubernetes.io/warn=restricted >/dev/null; } || { fail "could not create namespace $ns"; return; }

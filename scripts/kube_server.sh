@@ -72,8 +72,12 @@ _ks_start_once() {
   rm -rf "$dir/etcd-data"
   printf '%s,admin,admin,system:masters\n' "$token" >"$dir/tokens.csv"
 
+  # Both servers run in their own session (setsid), out of reach of the terminal's
+  # Ctrl-C: kube_server_stop stops them, in order, from the caller's trap (and the
+  # watchdog if the caller is killed). setsid does not fork here (a background job is not
+  # a process group leader), so $! is the server's pid.
   # --unsafe-no-fsync: the data is thrown away; fsyncs would only slow a busy machine.
-  "$KUBE_BIN/etcd" --name check --data-dir "$dir/etcd-data" --unsafe-no-fsync \
+  setsid "$KUBE_BIN/etcd" --name check --data-dir "$dir/etcd-data" --unsafe-no-fsync \
     --listen-client-urls "http://127.0.0.1:$etcd_client" --advertise-client-urls "http://127.0.0.1:$etcd_client" \
     --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
     --initial-cluster "check=http://127.0.0.1:$etcd_peer" --log-level warn \
@@ -83,7 +87,7 @@ _ks_start_once() {
   # Serving cert and service-account key from openssl (above); --cert-dir keeps the
   # apiserver from writing anything outside the temp dir. Priority and fairness off: one
   # client, and it saves memory and start-up time.
-  "$KUBE_BIN/kube-apiserver" \
+  setsid "$KUBE_BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_client" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$secure" \
     --cert-dir "$dir/certs" --tls-cert-file "$dir/serving.crt" --tls-private-key-file "$dir/serving.key" \
@@ -180,6 +184,7 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   trap kube_server_stop EXIT
   # INT/TERM/HUP: stop CMD (with TERM: a background command ignores INT), then exit
   # through the EXIT trap.
+  # shellcheck disable=SC2329 # called by the traps below
   on_signal() {
     [[ -n "$child" ]] && kill -TERM "$child" 2>/dev/null
     exit "$1"

@@ -52,12 +52,13 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 # Run a build step quietly (one retry, for a registry hiccup); on failure show its log
-# tail on stderr.
+# tail on stderr. --foreground: a Ctrl-C stops the build too (timeout would otherwise
+# move it out of the terminal's process group, and a cold build runs for minutes).
 run_logged() {
   local name=$1; shift
   local log="$LOGDIR/$name.log" attempt
   for attempt in 1 2; do
-    timeout --kill-after=30 "$TOOLS_TIMEOUT" "$@" >"$log" 2>&1 && return 0
+    timeout --foreground --kill-after=30 "$TOOLS_TIMEOUT" "$@" >"$log" 2>&1 && return 0
     ((attempt == 2)) || sleep 5
   done
   printf 'tools/kube.sh: %s failed (log: %s):\n' "$name" "$log" >&2
