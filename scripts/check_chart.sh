@@ -25,7 +25,7 @@
 # (scripts/tools/install.sh builds them); yamllint and promql-parser from .venv when it
 # has them, else from a venv under the cache (pip, pinned below). Step 8: etcd,
 # kube-apiserver (and kubectl when none is on PATH) and the CRDs from
-# scripts/tools/kube.sh, cached (a cold build takes a few minutes, ~2 GB of memory).
+# scripts/tools/kube.sh, cached (a cold build takes 4-5 minutes, ~2 GB of memory).
 # KUBECTL=<path> picks the kubectl. RMMWATCH_SKIP_KUBE_SERVER=1 skips step 8, saying
 # so; the check then does not pass as a whole: it exits 3.
 set -euo pipefail
