@@ -160,6 +160,9 @@ kube_server_start() {
   for attempt in 1 2 3; do
     if _ks_start_once "$dir"; then
       export KUBECONFIG="$dir/kubeconfig"
+      # kubectl's discovery cache, keyed by host:port, would leave a directory per run in
+      # ~/.kube/cache: keep it in the temp dir.
+      export KUBECACHEDIR="$dir/kubectl-cache"
       return 0
     fi
     kube_server_logs
