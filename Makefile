@@ -36,7 +36,7 @@ lint-python: $(STAMP)  ## ruff (lint + format check) and mypy --strict on servic
 	$(BIN)/ruff format --check service tests load scripts
 	$(BIN)/mypy
 
-lint-deploy: $(STAMP)  ## hadolint + a replay of the image's steps; helm lint/template, kube-score, yamllint
+lint-deploy: $(STAMP)  ## hadolint + a replay of the image's steps; helm lint/template, kube-score, yamllint, kube-apiserver dry run
 	PATH="$$(scripts/tools/install.sh | tail -n 1):$$PATH" scripts/check_dockerfile.sh
 	PATH="$$(scripts/tools/install.sh | tail -n 1):$$PATH" scripts/check_chart.sh
 

@@ -11,12 +11,23 @@
 #   6. scripts/check_chart_values.py: every .Values path used by a template exists in
 #      values.yaml, every schema property has a default, and every value is used;
 #   7. the PromQL of the rendered PrometheusRule and of deploy/grafana/rmmwatch.json parses,
-#      and names only metrics that service/rmmwatch/metrics.py defines.
+#      and names only metrics that service/rmmwatch/metrics.py defines;
+#   8. a real API server (etcd + kube-apiserver on loopback, scripts/kube_server.sh) with
+#      the prometheus-operator and KEDA CRDs applied: every rendering must pass
+#      `kubectl apply --dry-run=server --validate=strict` (the server decodes, defaults,
+#      validates and admits each object, CRD schemas included, and stores nothing) with
+#      no warning, in namespaces under the "restricted" Pod Security Standard; and each
+#      ci/server-bad/*.yaml must be REJECTED (or warned about) with the message in its
+#      `# expect-error:` line.
 #
 # Usage: scripts/check_chart.sh   (from anywhere)
 # Tools: helm and kube-score from PATH or ${RMMWATCH_CACHE:-~/.cache/rmmwatch}/bin
 # (scripts/tools/install.sh builds them); yamllint and promql-parser from .venv when it
-# has them, else from a venv under the cache (pip, pinned below).
+# has them, else from a venv under the cache (pip, pinned below). Step 8: etcd,
+# kube-apiserver (and kubectl when none is on PATH) and the CRDs from
+# scripts/tools/kube.sh, cached (a cold build takes 4-5 minutes, ~2 GB of memory).
+# KUBECTL=<path> picks the kubectl. RMMWATCH_SKIP_KUBE_SERVER=1 skips step 8, saying
+# so; the check then does not pass as a whole: it exits 3.
 set -euo pipefail
 
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -68,7 +79,14 @@ YAMLLINT="$TOOLS_BIN/yamllint"
 PY="$TOOLS_BIN/python"
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/rmmwatch-chart.XXXXXX")"
-trap 'rm -rf "$TMP"' EXIT
+# shellcheck source=scripts/kube_server.sh
+source scripts/kube_server.sh
+# Step 8's servers are stopped on any exit; INT/TERM/HUP exit through this trap too.
+cleanup() { kube_server_stop; rm -rf "$TMP"; }
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 mkdir -p "$TMP/rendered"
 
 echo "helm: $("$HELM" version --short)  kube-score: $("$KUBE_SCORE" version | awk '{print $3}' | tr -d ,)  yamllint: $("$YAMLLINT" --version | awk '{print $2}')"
@@ -168,7 +186,7 @@ done
 # -- 5. yamllint --------------------------------------------------------------------------
 say "yamllint -s (.yamllint.yaml)"
 if "$YAMLLINT" -s -c .yamllint.yaml .yamllint.yaml "$CHART/Chart.yaml" "$CHART/values.yaml" \
-    "$CHART"/ci/*.yaml "$CHART"/ci/bad/*.yaml "$TMP"/rendered/*.yaml; then
+    "$CHART"/ci/*.yaml "$CHART"/ci/bad/*.yaml "$CHART"/ci/server-bad/*.yaml "$TMP"/rendered/*.yaml; then
   echo "yamllint: values, Chart.yaml, ci files and $(find "$TMP/rendered" -name "*.yaml" | wc -l) renderings clean"
 else
   fail "yamllint"
@@ -281,5 +299,118 @@ if problems:
 print(f"{rules} rule expressions and {panels} dashboard queries parse; all rmmwatch_* names are exported")
 PY
 
-say "check_chart: $([[ $FAILURES -eq 0 ]] && echo OK || echo "$FAILURES failure(s)")"
-exit $((FAILURES > 0))
+# -- 8. a real API server ---------------------------------------------------------------------
+say "server-side validation (kubectl apply --dry-run=server --validate=strict)"
+SKIPPED=0
+if [[ "${RMMWATCH_SKIP_KUBE_SERVER:-0}" == 1 ]]; then
+  echo "SKIPPED: RMMWATCH_SKIP_KUBE_SERVER=1: the renderings were NOT checked by an API server" >&2
+  SKIPPED=1
+else
+  server_check() {
+    local kubectl kube_env started=$SECONDS
+    kube_env="$(scripts/tools/kube.sh)" || { fail "scripts/tools/kube.sh could not build the API server"; return; }
+    eval "$kube_env"
+    kubectl="${KUBECTL:-$(command -v kubectl || echo "$KUBE_BIN/kubectl")}"
+    [[ -x "$kubectl" ]] || { fail "no kubectl (scripts/tools/kube.sh builds one when none is on PATH)"; return; }
+    # Every call is bounded: a wedged server fails the check rather than hanging it.
+    # --foreground keeps kubectl in our process group, so that Ctrl-C reaches it (and
+    # this shell, which runs its INT trap only once the foreground command has ended).
+    k() { timeout --foreground --kill-after=10 120 "$kubectl" --request-timeout=60s "$@"; }
+    kube_server_start "$TMP/kube" || { fail "could not start etcd + kube-apiserver"; return; }
+    echo "server:  $("$KUBE_BIN/kube-apiserver" --version), etcd $("$KUBE_BIN/etcd" --version | awk 'NR == 1 {print $3}'), ready in $((SECONDS - started))s;" \
+      "kubectl $("$kubectl" version --client -o json | sed -n 's/.*"gitVersion": "\([^"]*\)".*/\1/p' | head -n 1)"
+    # The CRDs are applied for real (create, not apply: the prometheus-operator ones are
+    # larger than the annotation client-side apply keeps) and must be Established before
+    # objects of their kinds validate.
+    if ! k create -f "$KUBE_CRDS" >"$TMP/err" 2>&1 ||
+        ! k wait --for condition=established --timeout=60s -f "$KUBE_CRDS" >>"$TMP/err" 2>&1; then
+      cat "$TMP/err" >&2
+      kube_server_logs
+      fail "the CRDs in $KUBE_CRDS were not established"
+      return
+    fi
+    echo "crds:    $(find "$KUBE_CRDS" -name '*.yaml' -printf '%f\n' | sed 's/\.yaml$//' | sort | paste -sd, -)"
+    # The release namespace and any other the renderings name (serviceMonitor.namespace, ...),
+    # under the "restricted" Pod Security Standard: enforced for pods, and a warning for
+    # the pod template of a Deployment (no controller runs here to make its pods), which
+    # the loops below treat as a refusal. Any other server warning fails the check too.
+    local ns
+    for ns in $( { echo "$NAMESPACE"; sed -n 's/^  namespace: *//p' "$TMP"/rendered/*.yaml; } | sort -u); do
+      { k create namespace "$ns" >/dev/null &&
+        k label namespace "$ns" pod-security.kubernetes.io/enforce=restricted \
+          pod-security.kubernetes.io/warn=restricted >/dev/null; } || { fail "could not create namespace $ns"; return; }
+    done
+
+    # Rendered again for this server: its version (Chart.yaml's kubeVersion is checked
+    # against it, and .Capabilities.KubeVersion is what an install here would see; helm
+    # template's default is its own client-go's) and the CRD groups it serves.
+    local kube_version case file args rendered name out objects accepted
+    kube_version="$("$KUBE_BIN/kube-apiserver" --version | awk '{print $2}')"
+    mkdir -p "$TMP/server"
+    for case in "${CASES[@]}"; do
+      name=${case%%:*} file=${case#*:}
+      args=()
+      [[ -n "$file" ]] && args=(-f "$file")
+      "$HELM" template "$RELEASE" "$CHART" -n "$NAMESPACE" "${args[@]}" --kube-version "$kube_version" \
+        --api-versions monitoring.coreos.com/v1 --api-versions keda.sh/v1alpha1 >"$TMP/server/$name.yaml" 2>"$TMP/err" ||
+        { cat "$TMP/err" >&2; fail "helm template --kube-version $kube_version ($name)"; rm -f "$TMP/server/$name.yaml"; }
+    done
+    for rendered in "$TMP"/server/*.yaml; do
+      name="$(basename "$rendered" .yaml)"
+      objects="$(grep -c '^kind:' "$rendered")"
+      if out="$(k apply --dry-run=server --validate=strict -n "$NAMESPACE" -f "$rendered" 2>&1)"; then
+        accepted="$(grep -c 'created (server dry run)' <<<"$out" || true)"
+        if grep -q '^Warning:' <<<"$out"; then
+          grep '^Warning:' <<<"$out" >&2
+          fail "the API server warned about the $name rendering"
+        elif ((accepted == objects)); then
+          echo "server   $name: $accepted/$objects objects accepted"
+        else
+          echo "$out" >&2
+          fail "the API server accepted $accepted of the $objects objects of the $name rendering"
+        fi
+      else
+        echo "$out" >&2
+        fail "the API server rejected the $name rendering"
+      fi
+    done
+
+    # ci/server-bad: what only the server catches. A *-values.yaml file must pass helm lint
+    # --strict and render (the schema lets it through), and its rendering is sent; any
+    # other file is a manifest, sent as it is.
+    local file expected manifest
+    for file in "$CHART"/ci/server-bad/*.yaml; do
+      [[ -f "$file" ]] || { fail "no $CHART/ci/server-bad/*.yaml: nothing shows the server step can fail"; break; }
+      expected="$(sed -n 's/^# expect-error: //p' "$file" | head -n 1)"
+      [[ -n "$expected" ]] || { fail "$file has no '# expect-error: <message>' line"; continue; }
+      manifest="$file"
+      if [[ "$file" == *-values.yaml ]]; then
+        manifest="$TMP/server-bad-$(basename "$file")"
+        if ! "$HELM" lint --strict "$CHART" -f "$file" >"$TMP/err" 2>&1 ||
+            ! "$HELM" template "$RELEASE" "$CHART" -n "$NAMESPACE" -f "$file" --kube-version "$kube_version" \
+              --api-versions monitoring.coreos.com/v1 --api-versions keda.sh/v1alpha1 >"$manifest" 2>>"$TMP/err"; then
+          cat "$TMP/err" >&2
+          fail "$file must pass helm lint --strict and render (only the server may refuse it)"
+          continue
+        fi
+      fi
+      if out="$(k apply --dry-run=server --validate=strict -n "$NAMESPACE" -f "$manifest" 2>&1)" &&
+          ! grep -q '^Warning:' <<<"$out"; then
+        echo "$out" >&2
+        fail "the API server accepted $file, but it must reject it with: $expected"
+      elif grep -qF -- "$expected" <<<"$out"; then
+        echo "rejected $(basename "$file"): $(grep -oF -- "$expected" <<<"$out" | head -n 1)"
+      else
+        echo "$out" >&2
+        fail "the API server rejected $file, but without the message: $expected"
+      fi
+    done
+    kube_server_stop
+    echo "server step: $((SECONDS - started))s"
+  }
+  server_check
+fi
+
+say "check_chart: $([[ $FAILURES -eq 0 ]] && echo OK || echo "$FAILURES failure(s)")$( ((SKIPPED)) && echo ", server step SKIPPED")"
+((FAILURES == 0)) || exit 1
+((SKIPPED == 0)) || exit 3
