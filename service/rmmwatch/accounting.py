@@ -36,7 +36,7 @@ class Accounting:
         self.bad_input_by_reason: dict[str, int] = {}
         self._problem_logs = RateLimiter(per_second=1.0, burst=20)
         self._excluded_logs = RateLimiter(per_second=5.0, burst=50)
-        metrics.describe_rules({r.id: r.name for r in self.rules})
+        metrics.describe_rules({r.id: (r.name, r.mode) for r in self.rules})
 
     def decoded(self, result: BatchResult) -> None:
         """A batch went through decode+match."""

@@ -6,7 +6,8 @@ start is the Timestamp of the event that opened the episode. The same episode gi
 same ``alert_id`` on every replica and after every crash or replay, so sinks and SIEMs
 deduplicate on it. Each message about an episode has a ``kind`` (``new``, ``update``,
 ``end``) and a ``revision`` (0 for ``new``, then 1, 2, ...): ``(alert_id, revision)``
-identifies one message, and a re-delivered message is byte-for-byte the same.
+identifies one message, and a re-delivered message is byte-for-byte the same. A shadow rule's
+alerts carry ``"mode": "shadow"`` (live ones carry no ``mode``: their documents are unchanged).
 """
 
 from __future__ import annotations
@@ -119,6 +120,9 @@ def build_alert(
             "alerted": format_datetime(now),
         },
     }
+    if rule.mode == "shadow":
+        # Only shadow alerts carry it: a live alert's bytes stay what they were (re-sends, downstream dedup).
+        document["mode"] = "shadow"
     return Alert(
         alert_id=identifier,
         revision=revision,

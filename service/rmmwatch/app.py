@@ -34,7 +34,7 @@ from contextlib import suppress
 from rmmwatch.accounting import Accounting
 from rmmwatch.commits import CommitStage, Decoded
 from rmmwatch.config import ConfigError
-from rmmwatch.delivery import Delivery
+from rmmwatch.delivery import AlertRoutes, Delivery
 from rmmwatch.events import Detector
 from rmmwatch.http import HealthServer
 from rmmwatch.kql.datetimes import TICKS_PER_SECOND
@@ -63,7 +63,7 @@ class App:
         rules: Sequence[Rule],
         source: Source,
         store: Store,
-        sinks: Sequence[AlertSink],
+        sinks: Sequence[AlertSink] | AlertRoutes,
         dead_letters: DeadLetterSink,
         metrics: Metrics,
         detector: Detector,
@@ -198,7 +198,7 @@ class App:
                 log.warning("store_unavailable", error=str(exc), retry_in_s=delay)
                 self.metrics.store_errors.labels(operation="open").inc()
                 await self.shutdown.sleep(delay)
-        for sink in self.delivery.sinks:
+        for sink in self.delivery.every_sink:
             await sink.open()
         await self.delivery.dead_letters.open()
         await self.source.start()
@@ -206,7 +206,7 @@ class App:
             "started",
             source=self.source.name,
             store=self.store.name,
-            sinks=[s.name for s in self.delivery.sinks],
+            sinks=self.delivery.routes.sink_names(),
             rules=[r.id for r in self.rules],
             prefilter=self.detector.prefilter.describe(),
         )
@@ -218,7 +218,7 @@ class App:
         for closer in (
             self.source.close,
             self.delivery.dead_letters.close,
-            *[s.close for s in self.delivery.sinks],
+            *[s.close for s in self.delivery.every_sink],
             self.store.close,
         ):
             try:

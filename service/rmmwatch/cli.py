@@ -5,8 +5,10 @@ configuration error (bad option, bad rule file: the message names file, line and
 
 ``--rule`` (run, hunt, state) and ``rules check`` take files, directories and globs
 (:func:`rmmwatch.rules.load_rule_set`). Every refused rule file is named, not just the first;
-``run --skip-invalid-rules`` starts with the others. Rule warnings (a repaired file, adjacent
-string literals) are printed by ``rules check``, ``hunt`` and ``state`` and logged once by ``run``.
+``run --skip-invalid-rules`` starts with the others. ``--shadow-rule`` (run, rules check, rules
+list) loads rules in shadow mode; ``rules list`` and ``rules check`` show each rule's mode. Rule
+warnings (a repaired file, adjacent string literals) are printed by ``rules check``, ``hunt`` and
+``state`` and logged once by ``run``.
 """
 
 from __future__ import annotations
@@ -73,9 +75,21 @@ def _print_refusals(rule_set: RuleSet) -> None:
         _error(f"{count} of {len(rule_set.files)} rule files refused")
 
 
-def _rules_check(specs: list[str]) -> int:
+def _rules_list(specs: list[str], shadow: list[str]) -> int:
+    """``rules list``: one line per rule, ``SPEC MODE ID`` (default: the bundled rules)."""
+    rule_set = load_rule_set(specs or None, shadow=shadow)
+    for file in rule_set.files:
+        if file.rule is not None:
+            print(f"{file.source.spec} {file.rule.mode} {file.rule.id}")
+    if rule_set.refused:
+        _print_refusals(rule_set)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _rules_check(specs: list[str], shadow: list[str]) -> int:
     """``rules check``: what each rule compiles to (files), or one line per file (directories, globs)."""
-    rule_set = load_rule_set(specs or None)
+    rule_set = load_rule_set(specs or None, shadow=shadow)
     if not rule_set.expanded:
         for warning in rule_set.warnings:
             print(f"rmmwatch: warning: {warning}", file=sys.stderr)
@@ -87,7 +101,7 @@ def _rules_check(specs: list[str]) -> int:
     warned = 0
     for file in rule_set.files:
         if file.rule is not None:
-            print(f"compiled: {file.source.spec} {file.rule.id} {file.rule.query.table}")
+            print(f"compiled: {file.source.spec} {file.rule.id} {file.rule.query.table} {file.rule.mode}")
         elif file.error is not None:
             print(f"refused: {file.error}")
         for warning in file.warnings:
@@ -203,7 +217,7 @@ async def _run(config: RunConfig) -> int:
     from rmmwatch.wiring import build_app  # noqa: PLC0415
 
     log = get_logger("rmmwatch.rules")
-    rule_set = load_rule_set(config.rule or None, exclusions=not config.no_exclusions)
+    rule_set = load_rule_set(config.rule or None, exclusions=not config.no_exclusions, shadow=config.shadow_rule)
     if rule_set.refused and not config.skip_invalid_rules:
         _print_refusals(rule_set)
         return _error("not starting: fix the rule files above, or pass --skip-invalid-rules to run the others")
@@ -356,7 +370,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="rule files, directories (recursive), globs or bundled:<name> (default: bundled)",
     )
-    rule_commands.add_parser("list", help="list the bundled rules")
+    listing = rule_commands.add_parser(
+        "list", help="one line per rule: its spec, its mode (live or shadow) and its id (default: the bundled rules)"
+    )
+    listing.add_argument(
+        "files", nargs="*", metavar="FILE", help="rule files, directories (recursive), globs or bundled:<name>"
+    )
+    for command in (check, listing):
+        command.add_argument(
+            "--shadow-rule",
+            action="append",
+            default=[],
+            metavar="SPEC",
+            help="rules loaded in shadow mode, as run --shadow-rule loads them; repeatable",
+        )
 
     generate = commands.add_parser("generate", help="write a synthetic Defender stream as NDJSON envelopes")
     generate.add_argument("--count", type=int, default=1000, help="messages")
@@ -389,12 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "rules":
             if args.rules_command == "list":
-                from rmmwatch.rules import bundled_rule_paths  # noqa: PLC0415
-
-                for spec in bundled_rule_paths():
-                    print(spec)
-                return EXIT_OK
-            return _rules_check(args.files)
+                return _rules_list(args.files, args.shadow_rule)
+            return _rules_check(args.files, args.shadow_rule)
         if args.command == "hunt":
             return asyncio.run(_hunt(args))
         if args.command == "state":

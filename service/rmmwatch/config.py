@@ -103,6 +103,12 @@ class RunConfig:
         repeat=True,
         group="rules",
     )
+    shadow_rule: list[str] = option(
+        "rules to run in shadow mode whatever their files' mode (same forms as --rule; repeatable): they run fully "
+        "but their alerts go only to --shadow-sink; a rule given both ways is refused as a duplicate id",
+        repeat=True,
+        group="rules",
+    )
     no_exclusions: bool = option(
         "run the bare hunting query, without the rules' named exclusions", False, switch=True, group="rules"
     )
@@ -271,6 +277,12 @@ class RunConfig:
     sink: list[str] = option(
         "stdout | jsonl:PATH | webhook:URL | kafka:TOPIC; repeatable (default: stdout)", repeat=True, group="alerts"
     )
+    shadow_sink: list[str] = option(
+        'where shadow rules\' alerts go, and only they (marked "mode": "shadow"): log (a shadow_alert log line) '
+        "| stdout | jsonl:PATH | webhook:URL | kafka:TOPIC; repeatable (default: log)",
+        repeat=True,
+        group="alerts",
+    )
     webhook_token_env: str = option(
         "name of the environment variable holding the webhook bearer token", "RMMWATCH_WEBHOOK_TOKEN", group="alerts"
     )
@@ -334,6 +346,10 @@ class RunConfig:
     @property
     def sinks(self) -> list[str]:
         return self.sink or ["stdout"]
+
+    @property
+    def shadow_sinks(self) -> list[str]:
+        return self.shadow_sink or ["log"]
 
     def store_url(self) -> str:
         return store_url(self.store, self.data_dir)

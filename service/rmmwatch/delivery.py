@@ -8,6 +8,12 @@ position only once the outbox is empty, so "delivered" always comes before "comm
 store error while reading or marking the outbox makes ``pending`` unknown, which counts as
 nonzero until a read succeeds: an outbox that could not be read is never taken as empty.
 
+Shadow mode: alerts of a shadow rule (``mode: shadow``, ``--shadow-rule``) go only to the shadow
+sinks (``--shadow-sink``), those of every other rule only to the live ones (``--sink``):
+:class:`AlertRoutes` says which, by the alert's rule id. Both kinds are read from the one outbox
+and marked sent together once every sink of their kind took them, so the guarantees are the same
+(a failing shadow sink holds the commit like a failing live one; nothing shadow reaches a pager).
+
 Dead letters have no outbox: they are sent before their batch is handed to the commit
 stage, retried with the same backoff while their destination fails (reading stops, the
 batch is not committed), and counted per destination like an alert sink's failures. A
@@ -22,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Literal
 
 from rmmwatch.alerts import Alert
 from rmmwatch.kql.datetimes import TICKS_PER_SECOND
@@ -38,12 +45,39 @@ log = get_logger("rmmwatch.delivery")
 OUTBOX_PAGE = 500
 
 
+@dataclass(frozen=True, slots=True)
+class AlertRoutes:
+    """Which sinks take which alerts: a shadow rule's to ``shadow`` only, every other one's to ``live`` only."""
+
+    live: Sequence[AlertSink]
+    shadow: Sequence[AlertSink] = ()
+    #: The ids of the rules whose mode is shadow.
+    shadow_rules: frozenset[str] = frozenset()
+
+    @property
+    def every_sink(self) -> list[AlertSink]:
+        """Every sink, live then shadow (to open and close them)."""
+        return [*self.live, *self.shadow]
+
+    def sink_names(self) -> list[str]:
+        return [s.name for s in self.live] + [f"shadow:{s.name}" for s in self.shadow]
+
+    def split(self, alerts: Sequence[Alert]) -> tuple[list[Alert], list[Alert]]:
+        """``alerts`` as (live, shadow), each in outbox order."""
+        live: list[Alert] = []
+        shadow: list[Alert] = []
+        for alert in alerts:
+            (shadow if alert.rule_id in self.shadow_rules else live).append(alert)
+        return live, shadow
+
+
 @dataclass(eq=False, kw_only=True)
 class Delivery:
     """Owns the outbox's way out: which alerts wait, when to try again, and what was delivered."""
 
     store: Store
-    sinks: Sequence[AlertSink]
+    #: The alert sinks: a plain sequence (every alert to each), or routes (live and shadow sinks).
+    sinks: Sequence[AlertSink] | AlertRoutes
     dead_letters: DeadLetterSink
     metrics: Metrics
     clock: Clock
@@ -61,8 +95,18 @@ class Delivery:
     #: Counts :meth:`outbox_changed` calls: a read that started before a change cannot clear ``_dirty``.
     _changes: int = field(init=False, default=0)
 
+    routes: AlertRoutes = field(init=False)
+
     def __post_init__(self) -> None:
-        self.sinks = list(self.sinks)  # the caller's sequence, copied: the sinks are fixed for the run
+        # The caller's sequences, copied: the sinks are fixed for the run.
+        routes = self.sinks if isinstance(self.sinks, AlertRoutes) else AlertRoutes(self.sinks)
+        self.routes = AlertRoutes(list(routes.live), list(routes.shadow), frozenset(routes.shadow_rules))
+        self.sinks = self.routes.live
+
+    @property
+    def every_sink(self) -> list[AlertSink]:
+        """Live and shadow sinks alike (to open and close them)."""
+        return self.routes.every_sink
 
     def outbox_changed(self) -> None:
         """Something may have been written to the outbox (an apply, a tick, another replica)."""
@@ -99,22 +143,36 @@ class Delivery:
                 # was in flight (a round trip, a thread) may have written alerts its snapshot does not hold.
                 self._dirty = self._changes != changes
                 return True
-            for sink in self.sinks:
-                try:
-                    await sink.send(alerts)
-                except SinkError as exc:
-                    delay = self._failed(sink.name, exc)
-                    log.warning("sink_failed", sink=sink.name, error=str(exc), alerts=len(alerts), retry_in_s=delay)
-                    await self._count_waiting(len(alerts))
-                    return False
-                for alert in alerts:
-                    self.metrics.alerts.labels(rule=alert.rule_id, kind=alert.kind, sink=sink.name).inc()
+            live, shadow = self.routes.split(alerts)
+            if not await self._send(self.routes.live, live, "live", len(alerts)):
+                return False
+            if not await self._send(self.routes.shadow, shadow, "shadow", len(alerts)):
+                return False
             try:
                 await self.store.mark_sent([a.key for a in alerts])
             except StoreUnavailable:
                 self._store_failed()
                 return False
             self._observe(alerts)
+
+    async def _send(
+        self, sinks: Sequence[AlertSink], alerts: Sequence[Alert], mode: Literal["live", "shadow"], page: int
+    ) -> bool:
+        """``alerts`` to each of ``sinks`` (a shadow sink's failures are labelled ``shadow:<name>``)."""
+        if not alerts:
+            return True
+        for sink in sinks:
+            try:
+                await sink.send(alerts)
+            except SinkError as exc:
+                name = sink.name if mode == "live" else f"shadow:{sink.name}"
+                delay = self._failed(name, exc)
+                log.warning("sink_failed", sink=name, error=str(exc), alerts=len(alerts), retry_in_s=delay)
+                await self._count_waiting(page)
+                return False
+            for alert in alerts:
+                self.metrics.alerts.labels(rule=alert.rule_id, kind=alert.kind, sink=sink.name, mode=mode).inc()
+        return True
 
     def _store_failed(self) -> None:
         """The outbox could not be read (or marked): what waits in it is unknown until the next successful read.

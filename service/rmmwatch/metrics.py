@@ -28,7 +28,12 @@ class Metrics:
         r = self.registry = registry if registry is not None else CollectorRegistry()
         self.build_info = Info("rmmwatch_build", "rmmwatch version", registry=r)
         self.build_info.info({"version": __version__})
-        self.rule_info = Gauge("rmmwatch_rule_info", "Loaded rules (value 1)", ["rule", "name"], registry=r)
+        self.rule_info = Gauge(
+            "rmmwatch_rule_info",
+            "Loaded rules (value 1), with their mode (live or shadow)",
+            ["rule", "name", "mode"],
+            registry=r,
+        )
         self.rules_skipped = Counter(
             "rmmwatch_rules_skipped",
             "Rule files refused at start and skipped (--skip-invalid-rules), by reason",
@@ -91,7 +96,12 @@ class Metrics:
         self.alerts_created = Counter(
             "rmmwatch_outbox_alerts", "Alerts written to the outbox", ["rule", "kind"], registry=r
         )
-        self.alerts = Counter("rmmwatch_alerts", "Alerts delivered, per sink", ["rule", "kind", "sink"], registry=r)
+        self.alerts = Counter(
+            "rmmwatch_alerts",
+            "Alerts delivered, per sink; mode: live (to --sink) or shadow (to --shadow-sink)",
+            ["rule", "kind", "sink", "mode"],
+            registry=r,
+        )
         self.sink_failures = Counter("rmmwatch_sink_failures", "Failed deliveries, per sink", ["sink"], registry=r)
         self.outbox_pending = Gauge("rmmwatch_outbox_pending", "Alerts in the outbox not yet delivered", registry=r)
         self.event_to_alert = Histogram(
@@ -133,6 +143,7 @@ class Metrics:
             registry=r,
         )
 
-    def describe_rules(self, rules: Mapping[str, str]) -> None:
-        for rule_id, name in rules.items():
-            self.rule_info.labels(rule=rule_id, name=name).set(1)
+    def describe_rules(self, rules: Mapping[str, tuple[str, str]]) -> None:
+        """``rules``: each rule id's (name, mode)."""
+        for rule_id, (name, mode) in rules.items():
+            self.rule_info.labels(rule=rule_id, name=name, mode=mode).set(1)

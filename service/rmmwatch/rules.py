@@ -11,6 +11,12 @@ A rule file is a Sentinel YAML document (``id``, ``name``, ``query``, ``tactics`
 ``alerting``
     the update policy: ``update: none | every | throttle`` (default ``throttle``),
     ``updateInterval: <timespan>`` (default ``15m``), ``end: true|false`` (default false).
+``mode``
+    ``live`` (the default) or ``shadow``: a shadow rule runs fully (state, metrics, alerts)
+    but its alerts go only to the shadow sinks (``--shadow-sink``), marked ``"mode": "shadow"``,
+    never to the paging ones. ``--shadow-rule SPEC`` loads rules as shadow whatever their files
+    say (a whole directory in shadow); a rule named by both ``--rule`` and ``--shadow-rule`` is
+    refused as a duplicate id, like any rule loaded twice.
 
 Every error names the file, the line and the column, including errors inside the KQL.
 
@@ -49,6 +55,10 @@ from rmmwatch.kql.lexer import tokenize
 from rmmwatch.kql.schema import IDENTITY_COLUMNS, KqlType
 
 UpdateMode = Literal["none", "every", "throttle"]
+
+#: Where a rule's alerts go: ``live`` to the ``--sink``s, ``shadow`` only to the ``--shadow-sink``s.
+RuleMode = Literal["live", "shadow"]
+RULE_MODES: tuple[RuleMode, ...] = ("live", "shadow")
 
 
 #: Why a rule file was refused (the label of ``rmmwatch_rules_skipped_total``).
@@ -131,6 +141,8 @@ class Rule:
     exclusions: tuple[Exclusion, ...]
     alerting: AlertPolicy
     source: str
+    #: ``live`` or ``shadow`` (the file's ``mode``, or ``shadow`` for a rule loaded by ``--shadow-rule``).
+    mode: RuleMode = "live"
     #: Where the id is in the file ((1, 1) for a derived id), for duplicate-id refusals.
     id_position: tuple[int, int] = field(default=(1, 1), compare=False)
     warnings: tuple[RuleWarning, ...] = field(default=(), compare=False)
@@ -161,6 +173,7 @@ class Rule:
             f"rule      {self.id}",
             f"name      {self.name}",
             f"source    {self.source}",
+            f"mode      {self.mode}" + (" (alerts only to the shadow sinks)" if self.mode == "shadow" else ""),
             f"table     {q.table} (records with category {q.category!r} or none)",
             f"window    {q.window.describe()}",
         ]
@@ -326,21 +339,32 @@ def derived_rule_id(relative: str, query: str) -> str:
     return f"{relative}#{digest}"
 
 
-def load_rule_set(specs: Sequence[str] | None = None, *, exclusions: bool = True) -> RuleSet:
+def load_rule_set(
+    specs: Sequence[str] | None = None, *, exclusions: bool = True, shadow: Sequence[str] = ()
+) -> RuleSet:
     """Load every rule file the specs name, reporting each as compiled or refused (never raising for one).
 
-    Rule ids must be unique across the set: a second file with an id already loaded is refused,
-    naming both files. Raises :class:`RuleError` only for a spec that names nothing.
+    ``shadow`` (``--shadow-rule``) names more rule files, loaded with mode ``shadow`` whatever their
+    files say. No ``specs`` means every bundled rule, less those ``shadow`` names (so
+    ``--shadow-rule bundled:X`` alone shadows X and keeps the others live). Rule ids must be unique
+    across the set, shadow ones included: a second file with an id already loaded is refused, naming
+    both files (a rule given both live and shadow is such a duplicate). Raises :class:`RuleError` only
+    for a spec that names nothing.
     """
-    sources, expanded = rule_sources(list(specs) if specs else bundled_rule_paths())
+    shadow = list(shadow)
+    live_specs = list(specs) if specs else [s for s in bundled_rule_paths() if s not in shadow]
+    sources, expanded = rule_sources(live_specs)
+    shadow_sources, shadow_expanded = rule_sources(shadow) if shadow else ([], False)
     files: list[RuleFile] = []
     seen: dict[str, Rule] = {}
-    for source in sources:
+    for source, forced_shadow in [(s, False) for s in sources] + [(s, True) for s in shadow_sources]:
         try:
             rule = load_rule(source.spec, relative=source.relative)
         except RuleError as exc:
             files.append(RuleFile(source, None, exc, exc.warnings))
             continue
+        if forced_shadow:
+            rule = replace(rule, mode="shadow")
         first = seen.get(rule.id)
         if first is not None:
             line, column = rule.id_position
@@ -357,7 +381,7 @@ def load_rule_set(specs: Sequence[str] | None = None, *, exclusions: bool = True
             continue
         seen[rule.id] = rule
         files.append(RuleFile(source, rule if exclusions else rule.without_exclusions(), None, rule.warnings))
-    return RuleSet(tuple(files), expanded)
+    return RuleSet(tuple(files), expanded or shadow_expanded)
 
 
 def load_rules(specs: Sequence[str] | None = None, *, exclusions: bool = True) -> list[Rule]:
@@ -569,6 +593,7 @@ class _RuleBuilder:
         self.kql_warnings(query_node, query.warnings)
         exclusions = self.exclusions(doc.get("exclusions"), query.schema)
         alerting = self.alerting(doc.get("alerting"))
+        mode = self.mode(doc.get("mode"))
         severity = self.string(doc["severity"], "severity") if "severity" in doc else None
         name = self.string(doc["name"], "name").strip() if "name" in doc else rule_id
         return Rule(
@@ -582,6 +607,7 @@ class _RuleBuilder:
             exclusions=exclusions,
             alerting=alerting,
             source=self.source,
+            mode=mode,
             id_position=id_position,
             warnings=tuple(self.warnings),
         )
@@ -622,6 +648,15 @@ class _RuleBuilder:
             description = self.string(fields["description"], "description") if "description" in fields else ""
             out.append(Exclusion(name, description.strip(), where, condition.evaluate, columns))
         return tuple(out)
+
+    def mode(self, node: yaml.Node | None) -> RuleMode:
+        if node is None:
+            return "live"
+        text = node.value if isinstance(node, yaml.ScalarNode) else None
+        for mode in RULE_MODES:
+            if text == mode:
+                return mode
+        raise self.error(node, "mode must be live or shadow")
 
     def alerting(self, node: yaml.Node | None) -> AlertPolicy:
         if node is None:

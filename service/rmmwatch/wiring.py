@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from rmmwatch.app import App
 from rmmwatch.config import ConfigError, RunConfig
+from rmmwatch.delivery import AlertRoutes
 from rmmwatch.events import Detector
 from rmmwatch.kafka_settings import EVENTHUBS_USERNAME, EventHubsConnectionString, KafkaSettings
 from rmmwatch.logging import redactor
@@ -41,7 +42,7 @@ def build_app(config: RunConfig, rules: Sequence[Rule]) -> App:
             rules=rules,
             source=source_for(config, metrics),
             store=store_for(config, rules),
-            sinks=sinks_for(config),
+            sinks=AlertRoutes(sinks_for(config), shadow_sinks_for(config), shadow_rule_ids(rules)),
             dead_letters=dead_letters_for(config),
             metrics=metrics,
             detector=Detector(rules, max_message_bytes=config.max_message_bytes, prefilter_engine=config.prefilter),
@@ -290,38 +291,62 @@ def eventhub_settings(config: RunConfig) -> EventHubSettings:
 
 def sinks_for(config: RunConfig) -> list[AlertSink]:
     """Alert sinks for the ``stdout``, ``jsonl:PATH``, ``webhook:URL``, ``kafka:TOPIC`` specs of ``--sink``."""
-    sinks: list[AlertSink] = []
-    for spec in config.sinks:
-        if spec == "stdout":
-            from rmmwatch.sinks.stream import StdoutSink  # noqa: PLC0415
-
-            sinks.append(StdoutSink())
-        elif spec.startswith("jsonl:"):
-            from rmmwatch.sinks.stream import JsonlSink  # noqa: PLC0415
-
-            sinks.append(JsonlSink(spec.removeprefix("jsonl:")))
-        elif spec.startswith("webhook:"):
-            from rmmwatch.sinks.webhook import WebhookSink  # noqa: PLC0415
-
-            sinks.append(
-                WebhookSink(
-                    spec.removeprefix("webhook:"),
-                    token=os.environ.get(config.webhook_token_env) or None,
-                    timeout_s=config.webhook_timeout,
-                    retries=config.webhook_retries,
-                )
-            )
-        elif spec.startswith("kafka:"):
-            from rmmwatch.sinks.kafka import KafkaSink  # noqa: PLC0415
-
-            sinks.append(KafkaSink(kafka_settings(config), spec.removeprefix("kafka:")))
-        else:
-            raise ValueError(
-                f"unknown sink {spec.split(':', 1)[0]!r}: use stdout, jsonl:PATH, webhook:URL or kafka:TOPIC"
-            )
+    sinks = [alert_sink(config, spec) for spec in config.sinks]
     if [s.name for s in sinks].count("stdout") > 1:
         raise ValueError("stdout is listed twice")
     return sinks
+
+
+def shadow_sinks_for(config: RunConfig) -> list[AlertSink]:
+    """The shadow rules' sinks (``--shadow-sink``): ``log`` (the default) or any ``--sink`` spec.
+
+    A spec given both as a sink and as a shadow sink is refused: shadow alerts would reach the live
+    destination (stdout, a file, a webhook, a topic) they must never reach."""
+    both = sorted(set(config.sinks) & set(config.shadow_sinks))
+    if both:
+        raise ValueError(
+            f"{both[0]} is both a --sink and a --shadow-sink: shadow alerts must not reach a live sink; "
+            "give the shadow sink a destination of its own"
+        )
+    if len(set(config.shadow_sinks)) != len(config.shadow_sinks):
+        raise ValueError("a --shadow-sink is listed twice")
+    return [alert_sink(config, spec, shadow=True) for spec in config.shadow_sinks]
+
+
+def shadow_rule_ids(rules: Sequence[Rule]) -> frozenset[str]:
+    """The ids of the rules whose alerts go only to the shadow sinks."""
+    return frozenset(rule.id for rule in rules if rule.mode == "shadow")
+
+
+def alert_sink(config: RunConfig, spec: str, *, shadow: bool = False) -> AlertSink:
+    """One alert sink of a ``--sink`` spec (``--shadow-sink`` also takes ``log``)."""
+    if spec == "stdout":
+        from rmmwatch.sinks.stream import StdoutSink  # noqa: PLC0415
+
+        return StdoutSink()
+    if spec.startswith("jsonl:"):
+        from rmmwatch.sinks.stream import JsonlSink  # noqa: PLC0415
+
+        return JsonlSink(spec.removeprefix("jsonl:"))
+    if spec.startswith("webhook:"):
+        from rmmwatch.sinks.webhook import WebhookSink  # noqa: PLC0415
+
+        return WebhookSink(
+            spec.removeprefix("webhook:"),
+            token=os.environ.get(config.webhook_token_env) or None,
+            timeout_s=config.webhook_timeout,
+            retries=config.webhook_retries,
+        )
+    if spec.startswith("kafka:"):
+        from rmmwatch.sinks.kafka import KafkaSink  # noqa: PLC0415
+
+        return KafkaSink(kafka_settings(config), spec.removeprefix("kafka:"))
+    if spec == "log" and shadow:
+        from rmmwatch.sinks.log import LogAlertSink  # noqa: PLC0415
+
+        return LogAlertSink()
+    flag, choices = ("--shadow-sink", "log, stdout") if shadow else ("--sink", "stdout")
+    raise ValueError(f"unknown {flag} {spec.split(':', 1)[0]!r}: use {choices}, jsonl:PATH, webhook:URL or kafka:TOPIC")
 
 
 def dead_letters_for(config: RunConfig) -> DeadLetterSink:

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from rmmwatch.alerts import Alert
@@ -27,6 +28,7 @@ from rmmwatch.model import DeadLetter
 from rmmwatch.sinks.base import Sink, SinkError
 from rmmwatch.sinks.deadletter import JsonlDeadLetters, dead_letter_document
 from rmmwatch.sinks.kafka import KafkaDeadLetters, KafkaSink
+from rmmwatch.sinks.log import LogAlertSink
 from rmmwatch.sinks.stream import JsonlSink, StdoutSink
 from rmmwatch.sinks.webhook import WebhookSink
 from rmmwatch.stores.memory import MemoryStore
@@ -139,6 +141,23 @@ def _jsonl_case(sink: JsonlSink | JsonlDeadLetters, path: Path, items: Any, enco
     return SinkCase(sink, items, encode, file_lines, break_file)
 
 
+async def log_case(tmp_path: Path, receiver: Receiver) -> SinkCase:
+    """The shadow sink's default: one structured log line per alert, the whole document under ``alert``."""
+    lines: list[tuple[str, dict[str, Any]]] = []
+    broken: list[bool] = []
+
+    def emit(event: str, **fields: Any) -> None:
+        if broken:
+            raise ValueError("I/O operation on closed file")
+        lines.append((event, fields))
+
+    async def logged() -> list[bytes]:
+        assert {event for event, _ in lines} <= {"shadow_alert"}
+        return [orjson.dumps(fields["alert"]) for _, fields in lines]
+
+    return SinkCase(LogAlertSink(emit=emit), _alert_items, _payload, logged, lambda: broken.append(True))
+
+
 async def jsonl_case(tmp_path: Path, receiver: Receiver) -> SinkCase:
     path = tmp_path / "out" / "alerts.jsonl"
     return _jsonl_case(JsonlSink(str(path)), path, _alert_items, _payload)
@@ -195,6 +214,7 @@ CASES: dict[str, tuple[Callable[[Path, Receiver], Awaitable[SinkCase]], bool]] =
     # name: (factory, needs the real services)
     "stdout": (stdout_case, False),
     "jsonl": (jsonl_case, False),
+    "log": (log_case, False),
     "webhook": (webhook_case, False),
     "kafka": (kafka_case, True),
     "dead-letters-jsonl": (dead_letters_jsonl_case, False),

@@ -456,3 +456,52 @@ def test_hunt_does_not_spin_on_an_idle_stdin() -> None:
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_run_sends_shadow_alerts_only_to_the_shadow_sink(tmp_path: Path) -> None:
+    """One run, a live rule and a shadow one over the same stream: --sink gets only the live rule's alerts,
+    --shadow-sink only the shadow rule's (marked "mode": "shadow"), and both rules' state equals hunt's answer."""
+    from rmmwatch.kql.datetimes import format_datetime
+
+    data = tmp_path / "stream.ndjson"
+    stamp = format_datetime(time.time_ns() // 100)
+    generated = rmmwatch(
+        "generate", "--count", "300", "--seed", "5", "--clock", stamp, "--step-ms", "1",
+        "--netsupport-ratio", "0.02", "--output", str(data),
+    )  # fmt: skip
+    assert generated.returncode == 0
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    (trial / "copy.yaml").write_text(
+        SEED_RULE.read_text().replace("id: 54ce8c70-403e-4659-88f7-8bd63a10fdca", "id: netsupport-trial")
+    )
+    live, shadow, state_dir = tmp_path / "a.jsonl", tmp_path / "b.jsonl", str(tmp_path / "state")
+    listed = rmmwatch("rules", "list", str(SEED_RULE), "--shadow-rule", str(trial))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.decode().splitlines() == [
+        f"{SEED_RULE} live 54ce8c70-403e-4659-88f7-8bd63a10fdca",
+        f"{trial / 'copy.yaml'} shadow netsupport-trial",
+    ]
+    ran = rmmwatch(
+        "run", "--rule", str(SEED_RULE), "--shadow-rule", str(trial), "--source", f"file:{data}",
+        "--data-dir", state_dir, "--sink", f"jsonl:{live}", "--shadow-sink", f"jsonl:{shadow}",
+        "--metrics-port", "-1", "--tick-interval", "0.2",
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    live_docs = [orjson.loads(line) for line in live.read_bytes().splitlines()]
+    shadow_docs = [orjson.loads(line) for line in shadow.read_bytes().splitlines()]
+    assert live_docs and shadow_docs
+    assert {d["rule"]["id"] for d in live_docs} == {"54ce8c70-403e-4659-88f7-8bd63a10fdca"}
+    assert all("mode" not in d for d in live_docs)
+    assert {d["rule"]["id"] for d in shadow_docs} == {"netsupport-trial"}
+    assert {d["mode"] for d in shadow_docs} == {"shadow"}
+    # The same events, the same episodes: one alert each way per group.
+    assert sorted(d["summary"]["DeviceId"] for d in live_docs) == sorted(d["summary"]["DeviceId"] for d in shadow_docs)
+    at = format_datetime(time.time_ns() // 100)
+    rules = ("--rule", str(SEED_RULE), "--rule", str(trial))
+    state = rmmwatch("state", *rules, "--data-dir", state_dir, "--now", at, "--format", "json")
+    hunted = rmmwatch("hunt", *rules, "--now", at, "--format", "json", str(data))
+    assert state.returncode == hunted.returncode == 0, state.stderr + hunted.stderr
+    expected = orjson.loads(hunted.stdout)
+    assert {r["RuleId"] for r in expected} == {"54ce8c70-403e-4659-88f7-8bd63a10fdca", "netsupport-trial"}
+    assert orjson.loads(state.stdout) == expected

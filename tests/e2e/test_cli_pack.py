@@ -47,15 +47,16 @@ def test_rules_check_of_a_directory_prints_one_line_per_file_and_a_summary() -> 
     assert result.returncode == 0, result.stderr
     lines = _lines(result)
     compiled = [line for line in lines if line.startswith("compiled: ")]
-    assert compiled == [
-        f"compiled: {ACME / 'ahq_process.yaml'} {_ahq_id()} DeviceProcessEvents",
-        f"compiled: {ACME / 'rmm_AcmeRemote_createproc.yaml'} 0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0 DeviceProcessEvents",
+    assert compiled == [  # each line ends with the rule's mode
+        f"compiled: {ACME / 'ahq_process.yaml'} {_ahq_id()} DeviceProcessEvents live",
+        f"compiled: {ACME / 'rmm_AcmeRemote_createproc.yaml'} 0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0 "
+        "DeviceProcessEvents live",
         f"compiled: {ACME / 'rmm_AcmeRemote_filesig.yaml'} 1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d "
-        "DeviceFileCertificateInfo",
+        "DeviceFileCertificateInfo live",
         f"compiled: {PUBLISHED / 'BoltDesk' / 'rmm_BoltDesk_createproc.yml'} 2b3c4d5e-6f70-4819-9a2b-3c4d5e6f7081 "
-        "DeviceProcessEvents",
+        "DeviceProcessEvents live",
         f"compiled: {PUBLISHED / 'CometView' / 'rmm_CometView_netconn.yaml'} 3c4d5e6f-7081-4a2b-8c3d-4e5f60718293 "
-        "DeviceNetworkEvents",
+        "DeviceNetworkEvents live",
     ]
     warnings = [line for line in lines if line.startswith("warning: ")]
     assert [w.split(": ")[1] for w in warnings] == [
